@@ -1,0 +1,126 @@
+"""`DistillationConfig`: `TrainingArguments` plus every distillation knob, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .alignment import parse_layer_map
+from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
+
+TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""
+    Configuration of [`DistillationTrainer`]: the [`~transformers.TrainingArguments`] plus the distillation knobs.
+
+    The training loss is
+    `alpha_ce * CE(student, labels) + gamma * T^2 * D(p_T^T, p_S^T) + hidden_weight * L_hidden
+    + attention_weight * L_attn`, each term normalised over the tokens of the whole accumulated batch.
+
+    Every field can be given on the command line or in a YAML file through [`~transformers.HfArgumentParser`].
+    Invalid values raise a `ValueError` naming the field, the value and the fix.
+    """
+
+    alpha_ce: float = field(default=1.0, metadata={"help": "Weight of the task cross-entropy against the labels."})
+    gamma: float = field(default=1.0, metadata={"help": "Weight of the logit distillation term (0 turns it off)."})
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state term at the mapped layers (0 turns it off)."}
+    )
+    attention_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-map term at the mapped layers (0 turns it off)."}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature T of the logit term; the term is scaled by T^2."}
+    )
+    divergence: str = field(
+        default="forward_kl",
+        metadata={"help": "Logit divergence.", "choices": list(DIVERGENCES)},
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "Mixture coefficient beta of the generalized JSD, strictly between 0 and 1."},
+    )
+    layer_map: str = field(
+        default="uniform",
+        metadata={
+            "help": "Student->teacher layer map for hidden and attention terms: 'uniform', 'last', or explicit "
+            "pairs 'student:teacher,...' (e.g. '1:2,2:4'); 0 is the embedding output."
+        },
+    )
+    hidden_include_embeddings: bool = field(
+        default=False, metadata={"help": "Also match the embedding outputs (layer 0) in the hidden-state term."}
+    )
+    hidden_loss: str = field(
+        default="mse", metadata={"help": "Hidden-state distance.", "choices": list(HIDDEN_LOSSES)}
+    )
+    attention_loss: str = field(
+        default="mse", metadata={"help": "Attention-map distance.", "choices": list(ATTENTION_LOSSES)}
+    )
+    attention_average_heads: bool = field(
+        default=False,
+        metadata={"help": "Compare head-averaged attention maps (always done when the head counts differ)."},
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype of the teacher: 'auto' follows the student's compute dtype (bf16/fp16 mixed precision "
+            "or the student's parameter dtype).",
+            "choices": list(TEACHER_DTYPES),
+        },
+    )
+    teacher_trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modeling code when the teacher is loaded by name (off by default)."},
+    )
+    logit_chunk_size: int = field(
+        default=1024, metadata={"help": "Tokens per chunk when computing the logit divergence in float32."}
+    )
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "Task of student and teacher; 'auto' infers it from the model class.",
+            "choices": list(TASKS),
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("alpha_ce", "gamma", "hidden_weight", "attention_weight"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"DistillationConfig.{name}={value} is negative: loss weights must be >= 0.")
+        if self.alpha_ce + self.gamma + self.hidden_weight + self.attention_weight == 0:
+            raise ValueError(
+                "DistillationConfig: alpha_ce, gamma, hidden_weight and attention_weight are all 0, so there is "
+                "nothing to train on: set at least one of them > 0."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"DistillationConfig.temperature={self.temperature} must be > 0 (1.0 is plain softmax).")
+        self._check_choice("divergence", DIVERGENCES)
+        self._check_choice("hidden_loss", HIDDEN_LOSSES)
+        self._check_choice("attention_loss", ATTENTION_LOSSES)
+        self._check_choice("teacher_dtype", TEACHER_DTYPES)
+        self._check_choice("task", TASKS)
+        if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:
+            raise ValueError(
+                f"DistillationConfig.jsd_beta={self.jsd_beta} must be strictly between 0 and 1; for the end points "
+                "use divergence='forward_kl' or 'reverse_kl'."
+            )
+        if self.logit_chunk_size < 1:
+            raise ValueError(f"DistillationConfig.logit_chunk_size={self.logit_chunk_size} must be >= 1.")
+        parse_layer_map(self.layer_map)
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"DistillationConfig.{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether any term needs the teacher."""
+        return self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0

@@ -1,0 +1,16 @@
+"""Pure tensor loss functions for distillation; they know nothing of the Trainer."""
+
+from .attention import ATTENTION_LOSSES, attention_map_loss
+from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
+from .logits import DIVERGENCES, logit_distillation_loss, token_divergence
+
+__all__ = [
+    "ATTENTION_LOSSES",
+    "DIVERGENCES",
+    "HIDDEN_LOSSES",
+    "HiddenProjector",
+    "attention_map_loss",
+    "hidden_state_loss",
+    "logit_distillation_loss",
+    "token_divergence",
+]

@@ -1,0 +1,363 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that distils a frozen teacher into the student it trains."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.utils import logging
+
+from .alignment import attention_layer_pairs, resolve_layer_map
+from .config import DistillationConfig
+from .losses import HiddenProjector, attention_map_loss, hidden_state_loss, logit_distillation_loss
+from .modeling import (
+    check_attentions_available,
+    hidden_size,
+    infer_task,
+    load_pretrained,
+    num_layers,
+    resolve_dtype,
+    shared_vocab_size,
+)
+
+logger = logging.get_logger(__name__)
+
+PROJECTOR_NAME = "distill_projections.safetensors"
+LOSS_TERMS = ("loss_ce", "loss_kd", "loss_hidden", "loss_attn")
+
+
+class _ProjectorGradCallback(TrainerCallback):
+    """Clears the projector's gradients after each optimizer step (the Trainer only zeroes the student's)."""
+
+    def __init__(self, projector: nn.Module):
+        self.projector = projector
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.projector.zero_grad(set_to_none=True)
+
+
+class DistillationTrainer(Trainer):
+    """
+    A [`~transformers.Trainer`] that trains `model` (the student) against a frozen `teacher_model`.
+
+    `compute_loss` runs the teacher (without gradients) and the student once each and combines, with the weights of
+    [`DistillationConfig`]: the task cross-entropy, the logit divergence at a temperature, the hidden-state distance
+    at mapped layers (through learned projections when widths differ) and the attention-map distance. Each term is
+    normalised over the label tokens (CE, logits) or the attended tokens (hidden, attention) of the whole accumulated
+    batch, so the loss does not depend on how a batch is split for gradient accumulation, and each term is logged
+    separately (`loss_ce`, `loss_kd`, `loss_hidden`, `loss_attn`).
+
+    The teacher is put in eval mode, frozen, cast to the student's compute dtype, placed by accelerate, and never
+    saved or optimised. The projections are trained with the student and saved in each checkpoint as
+    `distill_projections.safetensors`, apart from the student's weights; `resume_from_checkpoint` restores them.
+
+    Args:
+        model (`PreTrainedModel` or `str`): The student, or a hub id / local path to load it from (safetensors).
+        teacher_model (`PreTrainedModel` or `str`): The teacher, or a hub id / local path (safetensors,
+            `trust_remote_code` only if `args.teacher_trust_remote_code`).
+        args (`DistillationConfig`): Training and distillation settings.
+        peft_config (`peft.PeftConfig`, *optional*): When given, the student is wrapped with `get_peft_model` and
+            only its adapters are trained.
+        **kwargs: Every other [`~transformers.Trainer`] argument (`train_dataset`, `data_collator`,
+            `processing_class`, `callbacks`, ...). `processing_class` (the tokenizer) also tells the real vocabulary
+            size when the teacher's and student's vocabularies differ by padding rows.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: DistillationConfig | None = None,
+        peft_config: Any | None = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = DistillationConfig(output_dir="tmp_trainer")
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}.")
+        if model is None:
+            raise ValueError("DistillationTrainer needs a student `model` (a model or a hub id / local path).")
+        task = args.task
+        if isinstance(model, str):
+            model = load_pretrained(
+                model, "causal_lm" if task == "auto" else task, torch.float32, args.attention_weight > 0, False
+            )
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if task == "auto":
+            task = infer_task(model, "student")
+        self.task = task
+
+        if teacher_model is None and args.uses_teacher:
+            raise ValueError(
+                "teacher_model is missing: pass a teacher model (or its hub id / path), or set gamma, hidden_weight "
+                "and attention_weight to 0 for plain fine-tuning."
+            )
+        self.teacher: nn.Module | None = None
+        if args.uses_teacher:
+            self.teacher = self._init_teacher(teacher_model, model, args, kwargs.get("processing_class"))
+
+        self.projector: HiddenProjector | None = None
+        self.layer_pairs: list[tuple[int, int]] = []
+        if args.hidden_weight > 0 or args.attention_weight > 0:
+            self.layer_pairs = resolve_layer_map(
+                args.layer_map, num_layers(model), num_layers(self.teacher), args.hidden_include_embeddings
+            )
+        self.attention_pairs = attention_layer_pairs(self.layer_pairs)
+        if args.attention_weight > 0:
+            if not self.attention_pairs:
+                raise ValueError(f"layer_map={args.layer_map!r} maps no transformer block (only layer 0): fix it.")
+            check_attentions_available(model, "student")
+            check_attentions_available(self.teacher, "teacher")
+        if args.hidden_weight > 0:
+            self.projector = HiddenProjector(
+                [s for s, _ in self.layer_pairs], hidden_size(model), hidden_size(self.teacher)
+            )
+
+        super().__init__(model=model, args=args, **kwargs)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "DistillationTrainer does not support DeepSpeed or FSDP yet (the teacher and projections are not "
+                "sharded); use a single device or DDP."
+            )
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._num_tokens_in_batch: torch.Tensor | None = None
+        if self.teacher is not None:
+            self.teacher = self.accelerator.prepare_model(self.teacher, evaluation_mode=True)
+        self._projector_wrapped = None
+        if self.projector is not None:
+            self.projector.to(self.args.device)
+            self._projector_wrapped = (
+                self.accelerator.prepare_model(self.projector) if self._projector_params() else self.projector
+            )
+            self.add_callback(_ProjectorGradCallback(self.projector))
+
+    # ---- set-up -----------------------------------------------------------------------------------------------
+
+    def _init_teacher(
+        self, teacher: PreTrainedModel | str, student: nn.Module, args: DistillationConfig, tokenizer: Any
+    ) -> nn.Module:
+        """Load (if needed), check against the student, freeze and cast the teacher."""
+        dtype = resolve_dtype(args.teacher_dtype, student, args.bf16, args.fp16)
+        if isinstance(teacher, str):
+            teacher = load_pretrained(
+                teacher, self.task, dtype, args.attention_weight > 0, args.teacher_trust_remote_code
+            )
+        teacher_task = infer_task(teacher, "teacher")
+        if teacher_task != self.task:
+            raise ValueError(
+                f"The teacher's task ({teacher_task}) differs from the student's ({self.task}): use a teacher with "
+                "the same kind of head."
+            )
+        self.vocab_size = shared_vocab_size(student, teacher, self.task, tokenizer) if args.gamma > 0 else None
+        teacher.eval()
+        teacher.requires_grad_(False)
+        return teacher.to(dtype)
+
+    def _projector_params(self) -> list[nn.Parameter]:
+        return [] if self.projector is None else list(self.projector.parameters())
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Create the Trainer's optimizer and add the hidden-state projections as their own parameter group."""
+        optimizer = super().create_optimizer(model)
+        params = [p for p in self._projector_params() if p.requires_grad]
+        if params and not any(p is params[0] for group in optimizer.param_groups for p in group["params"]):
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        return optimizer
+
+    def _clip_grad_norm(self, model: nn.Module):
+        """Clip the student's and the projections' gradients together."""
+        if self.projector is None:
+            return super()._clip_grad_norm(model)
+        parameters = itertools.chain(model.parameters(), self._projector_params())
+        return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
+
+    # ---- batch accounting -------------------------------------------------------------------------------------
+
+    def _label_mask(self, labels: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the label positions that count (shifted by one for causal LMs)."""
+        if self.task == "causal_lm":
+            labels = labels[..., 1:]
+        return labels.ne(-100)
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """Collect the micro-batches of one optimizer step and count their label tokens and attended tokens."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batch_samples or "labels" not in batch_samples[0]:
+            self._num_tokens_in_batch = None
+            return batch_samples, None
+        counts = torch.stack(
+            [torch.stack([self._label_mask(b["labels"]).sum(), _attended(b).sum()]).to(device) for b in batch_samples]
+        ).sum(0)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts[None]).sum(0)
+        self._num_tokens_in_batch = counts[1]
+        return batch_samples, counts[0]
+
+    # ---- loss -------------------------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """
+        Run teacher and student once each and return the weighted sum of the enabled distillation terms.
+
+        Args:
+            model (`nn.Module`): The (wrapped) student.
+            inputs (`dict`): The batch; must contain `labels`.
+            return_outputs (`bool`): Also return the student outputs (without hidden states and attentions).
+            num_items_in_batch (`torch.Tensor`, *optional*): Label tokens of the whole accumulated batch (training).
+
+        Returns:
+            The loss, or `(loss, outputs)` when `return_outputs`.
+        """
+        args: DistillationConfig = self.args
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore).")
+        flags = {}
+        if args.hidden_weight > 0:
+            flags["output_hidden_states"] = True
+        if args.attention_weight > 0:
+            flags["output_attentions"] = True
+        outputs = model(**inputs, **flags)
+        teacher_outputs = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_outputs = self.teacher(**inputs, **flags)
+
+        label_mask = self._label_mask(labels)
+        attended = _attended(inputs)
+        if model.training and num_items_in_batch is not None and self._num_tokens_in_batch is not None:
+            n_labels, n_tokens = num_items_in_batch, self._num_tokens_in_batch
+            scale = self.accelerator.num_processes if args.average_tokens_across_devices else 1
+        else:
+            n_labels, n_tokens, scale = label_mask.sum(), attended.sum(), 1
+        sums = self._loss_sums(outputs, teacher_outputs, labels, label_mask, attended)
+        denominators = {"loss_ce": n_labels, "loss_kd": n_labels, "loss_hidden": n_tokens, "loss_attn": n_tokens}
+        weights = {
+            "loss_ce": args.alpha_ce,
+            "loss_kd": args.gamma,
+            "loss_hidden": args.hidden_weight,
+            "loss_attn": args.attention_weight,
+        }
+        loss = sum(weights[k] * v / torch.as_tensor(denominators[k]).clamp_min(1) for k, v in sums.items()) * scale
+
+        mode = "train" if model.training else "eval"
+        local = {"loss_ce": label_mask.sum(), "loss_kd": label_mask.sum()}
+        for key, value in sums.items():
+            self._metrics[mode][key].append((value.detach() / local.get(key, attended.sum()).clamp_min(1)).item())
+        self.loss_is_scaled_for_ga = model.training and num_items_in_batch is not None
+        if return_outputs:
+            keep = {k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")}
+            return loss, type(outputs)(**keep)
+        return loss
+
+    def _loss_sums(
+        self,
+        outputs: Any,
+        teacher_outputs: Any,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor,
+        attended: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Un-normalised sums of each enabled term, keyed by its log name."""
+        args: DistillationConfig = self.args
+        logits = outputs.logits
+        student_logits, teacher_logits = logits, getattr(teacher_outputs, "logits", None)
+        if self.task == "causal_lm":
+            student_logits = logits[:, :-1]
+            teacher_logits = teacher_logits[:, :-1] if teacher_logits is not None else None
+            labels = labels[:, 1:]
+        sums: dict[str, torch.Tensor] = {}
+        if args.alpha_ce > 0:
+            flat = student_logits.reshape(-1, student_logits.shape[-1]).float()
+            sums["loss_ce"] = nn.functional.cross_entropy(flat, labels.reshape(-1), ignore_index=-100, reduction="sum")
+        if args.gamma > 0:
+            vocab = self.vocab_size
+            sums["loss_kd"] = logit_distillation_loss(
+                student_logits[..., :vocab],
+                teacher_logits[..., :vocab],
+                mask=label_mask,
+                divergence=args.divergence,
+                temperature=args.temperature,
+                jsd_beta=args.jsd_beta,
+                chunk_size=args.logit_chunk_size,
+            )
+        if args.hidden_weight > 0:
+            student_layers = [s for s, _ in self.layer_pairs]
+            projected = self._projector_wrapped([outputs.hidden_states[s] for s in student_layers], student_layers)
+            sums["loss_hidden"] = sum(
+                hidden_state_loss(p, teacher_outputs.hidden_states[t], attended, args.hidden_loss)
+                for p, (_, t) in zip(projected, self.layer_pairs, strict=True)
+            ) / len(self.layer_pairs)
+        if args.attention_weight > 0:
+            if not outputs.attentions or not teacher_outputs.attentions:
+                raise RuntimeError(
+                    "attention_weight > 0 but the student or teacher returned no attention maps: load both with "
+                    "attn_implementation='eager'."
+                )
+            sums["loss_attn"] = sum(
+                attention_map_loss(
+                    outputs.attentions[s - 1],
+                    teacher_outputs.attentions[t - 1],
+                    attended,
+                    args.attention_loss,
+                    args.attention_average_heads,
+                )
+                for s, t in self.attention_pairs
+            ) / len(self.attention_pairs)
+        return sums
+
+    # ---- logging ----------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log (averaged over processes) to the Trainer's logs."""
+        mode = "train" if self.model.training else "eval"
+        metrics = {}
+        for key, values in self._metrics[mode].items():
+            value = torch.tensor(sum(values) / len(values), device=self.args.device)
+            if self.args.world_size > 1:
+                value = self.accelerator.reduce(value, reduction="mean")
+            metrics[key if mode == "train" else f"eval_{key}"] = value.item()
+        self._metrics[mode].clear()
+        logs.update(metrics)  # in place: `evaluate()` returns this dict
+        super().log(logs, start_time)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.projector is not None and self._projector_params() and self.args.should_save:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
+            save_file(state, os.path.join(output_dir, PROJECTOR_NAME), metadata={"format": "pt"})
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and self.projector is not None and self._projector_params():
+            path = os.path.join(checkpoint, PROJECTOR_NAME)
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"resume_from_checkpoint={checkpoint!r} has no {PROJECTOR_NAME}, but this run trains hidden-state "
+                    "projections: resume from a checkpoint written with the same distillation settings."
+                )
+            self.projector.load_state_dict(load_file(path, device=str(self.args.device)))
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+
+def _attended(batch: dict[str, Any]) -> torch.Tensor:
+    """The attention mask of a batch, or all ones when it has none."""
+    mask = batch.get("attention_mask")
+    return mask if mask is not None else torch.ones_like(batch["input_ids"])

@@ -1,0 +1,170 @@
+"""Shared fixtures: tiny models built from configs, synthetic data, a padding collator. No network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from hf_distill import DistillationConfig
+
+VOCAB = 96
+
+
+def tiny_llama(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0, eager=True):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        attn_implementation="eager" if eager else "sdpa",
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_qwen2(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def tiny_gpt2(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="eager",
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _bert_config(hidden, layers, heads, vocab, **kwargs):
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+        **kwargs,
+    )
+
+
+def tiny_bert_mlm(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    return BertForMaskedLM(_bert_config(hidden, layers, heads, vocab))
+
+
+def tiny_bert_cls(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0, num_labels=3):
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(_bert_config(hidden, layers, heads, vocab, num_labels=num_labels))
+
+
+def lm_dataset(n=32, min_len=6, max_len=20, vocab=VOCAB, seed=0):
+    """Random token sequences of uneven lengths (so batches need padding)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        rows.append({"input_ids": torch.randint(1, vocab, (length,), generator=g).tolist()})
+    return Dataset.from_list(rows)
+
+
+def cls_dataset(n=32, num_labels=3, vocab=VOCAB, seed=0):
+    ds = lm_dataset(n=n, vocab=vocab, seed=seed)
+    return ds.map(lambda row, i: {"labels": i % num_labels}, with_indices=True)
+
+
+class PadCollator:
+    """Right-pads `input_ids` with 0, builds `attention_mask` and the labels of the task."""
+
+    def __init__(self, task="causal_lm", mask_every=3):
+        self.task, self.mask_every = task, mask_every
+
+    def __call__(self, rows):
+        length = max(len(r["input_ids"]) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if self.task == "causal_lm":
+            batch["labels"] = ids.masked_fill(mask == 0, -100)
+        elif self.task == "masked_lm":
+            labels = ids.masked_fill(mask == 0, -100)
+            keep = torch.zeros_like(ids, dtype=torch.bool)
+            keep[:, :: self.mask_every] = True
+            labels = labels.masked_fill(~keep, -100)
+            batch["labels"] = labels
+            batch["input_ids"] = ids.masked_fill(keep & (mask == 1), 1)
+        else:
+            batch["labels"] = torch.tensor([r["labels"] for r in rows])
+        return batch
+
+
+def make_config(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
+    defaults.update(kwargs)
+    return DistillationConfig(**defaults)
+
+
+@pytest.fixture
+def config_factory(tmp_path):
+    return lambda **kwargs: make_config(tmp_path, **kwargs)
