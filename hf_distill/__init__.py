@@ -5,6 +5,7 @@ from .config import DistillationConfig
 from .losses import (
     HiddenProjector,
     attention_map_loss,
+    cross_entropy_loss,
     hidden_state_loss,
     logit_distillation_loss,
     token_divergence,
@@ -19,6 +20,7 @@ __all__ = [
     "DistillationTrainer",
     "HiddenProjector",
     "attention_map_loss",
+    "cross_entropy_loss",
     "hidden_state_loss",
     "logit_distillation_loss",
     "parse_layer_map",

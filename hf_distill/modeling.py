@@ -73,24 +73,24 @@ def _unsupported(role: str, name: str, why: str) -> str:
     )
 
 
-def num_layers(model: nn.Module) -> int:
-    """Number of transformer blocks of a 🤗 model (`config.num_hidden_layers` of its text config)."""
+def _text_config_value(model: nn.Module, keys: tuple[str, ...], what: str) -> int:
+    """The first of `keys` set in the model's text config."""
     config = base_model(model).config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in keys:
         if getattr(config, key, None) is not None:
             return int(getattr(config, key))
-    raise ValueError(f"Cannot find the number of layers of {type(model).__name__} in its config.")
+    raise ValueError(f"Cannot find the {what} of {type(model).__name__} in its config (looked for {list(keys)}).")
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of transformer blocks of a 🤗 model (`num_hidden_layers` of its text config)."""
+    return _text_config_value(model, ("num_hidden_layers", "n_layer", "num_layers"), "number of layers")
 
 
 def hidden_size(model: nn.Module) -> int:
-    """Hidden width of a 🤗 model (`config.hidden_size` of its text config)."""
-    config = base_model(model).config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("hidden_size", "n_embd", "d_model"):
-        if getattr(config, key, None) is not None:
-            return int(getattr(config, key))
-    raise ValueError(f"Cannot find the hidden size of {type(model).__name__} in its config.")
+    """Hidden width of a 🤗 model (`hidden_size` of its text config)."""
+    return _text_config_value(model, ("hidden_size", "n_embd", "d_model"), "hidden size")
 
 
 def output_size(model: nn.Module, task: str) -> int:

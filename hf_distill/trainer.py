@@ -15,7 +15,13 @@ from transformers.utils import logging
 
 from .alignment import attention_layer_pairs, resolve_layer_map
 from .config import DistillationConfig
-from .losses import HiddenProjector, attention_map_loss, hidden_state_loss, logit_distillation_loss
+from .losses import (
+    HiddenProjector,
+    attention_map_loss,
+    cross_entropy_loss,
+    hidden_state_loss,
+    logit_distillation_loss,
+)
 from .modeling import (
     check_attentions_available,
     hidden_size,
@@ -128,10 +134,15 @@ class DistillationTrainer(Trainer):
                 "DistillationTrainer does not support DeepSpeed or FSDP yet (the teacher and projections are not "
                 "sharded); use a single device or DDP."
             )
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._num_tokens_in_batch: torch.Tensor | None = None
         if self.teacher is not None:
             self.teacher = self.accelerator.prepare_model(self.teacher, evaluation_mode=True)
+        elif teacher_model is not None:
+            logger.warning("teacher_model is ignored: gamma, hidden_weight and attention_weight are all 0.")
         self._projector_wrapped = None
         if self.projector is not None:
             self.projector.to(self.args.device)
@@ -259,7 +270,7 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         local = {"loss_ce": label_mask.sum(), "loss_kd": label_mask.sum()}
         for key, value in sums.items():
-            self._metrics[mode][key].append((value.detach() / local.get(key, attended.sum()).clamp_min(1)).item())
+            self._metrics[mode][key].append(value.detach() / local.get(key, attended.sum()).clamp_min(1))
         self.loss_is_scaled_for_ga = model.training and num_items_in_batch is not None
         if return_outputs:
             keep = {k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")}
@@ -284,8 +295,7 @@ class DistillationTrainer(Trainer):
             labels = labels[:, 1:]
         sums: dict[str, torch.Tensor] = {}
         if args.alpha_ce > 0:
-            flat = student_logits.reshape(-1, student_logits.shape[-1]).float()
-            sums["loss_ce"] = nn.functional.cross_entropy(flat, labels.reshape(-1), ignore_index=-100, reduction="sum")
+            sums["loss_ce"] = cross_entropy_loss(student_logits, labels, args.logit_chunk_size)
         if args.gamma > 0:
             vocab = self.vocab_size
             sums["loss_kd"] = logit_distillation_loss(
@@ -329,7 +339,7 @@ class DistillationTrainer(Trainer):
         mode = "train" if self.model.training else "eval"
         metrics = {}
         for key, values in self._metrics[mode].items():
-            value = torch.tensor(sum(values) / len(values), device=self.args.device)
+            value = torch.stack(values).mean()
             if self.args.world_size > 1:
                 value = self.accelerator.reduce(value, reduction="mean")
             metrics[key if mode == "train" else f"eval_{key}"] = value.item()

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_distill.losses import attention_map_loss, hidden_state_loss, logit_distillation_loss, token_divergence
+from hf_distill.losses import (
+    attention_map_loss,
+    cross_entropy_loss,
+    hidden_state_loss,
+    logit_distillation_loss,
+    token_divergence,
+)
 
 
 def reference_divergence(s_logits, t_logits, divergence, temperature, beta=0.5):
@@ -149,3 +155,16 @@ def test_attention_loss_does_not_depend_on_padding_length(loss_type):
     torch.testing.assert_close(
         attention_map_loss(pad(s), pad(t), padded_mask, loss_type), attention_map_loss(s, t, mask, loss_type)
     )
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 1024])
+def test_chunked_cross_entropy_matches_torch(chunk_size):
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 6, 10, generator=g).requires_grad_(True)
+    labels = torch.randint(0, 10, (3, 6), generator=g)
+    labels[0, :2] = -100
+    labels[2, 4:] = -100
+    got = cross_entropy_loss(logits, labels, chunk_size)
+    want = F.cross_entropy(logits.reshape(-1, 10), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, logits)[0], torch.autograd.grad(want, logits)[0])

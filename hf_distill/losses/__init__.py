@@ -2,7 +2,7 @@
 
 from .attention import ATTENTION_LOSSES, attention_map_loss
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
-from .logits import DIVERGENCES, logit_distillation_loss, token_divergence
+from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, token_divergence
 
 __all__ = [
     "ATTENTION_LOSSES",
@@ -10,6 +10,7 @@ __all__ = [
     "HIDDEN_LOSSES",
     "HiddenProjector",
     "attention_map_loss",
+    "cross_entropy_loss",
     "hidden_state_loss",
     "logit_distillation_loss",
     "token_divergence",

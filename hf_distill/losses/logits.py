@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,44 @@ def token_divergence(
     raise ValueError(f"Unknown divergence {divergence!r}; choose one of {DIVERGENCES}.")
 
 
-def _chunk_sum(student: torch.Tensor, teacher: torch.Tensor, divergence: str, temperature: float, jsd_beta: float):
-    return token_divergence(student, teacher, divergence, temperature, jsd_beta).sum()
+def _chunked_sum(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """`sum(fn(*chunk))` over row chunks of `tensors`, recomputing each chunk in backward (activation checkpointing)
+    so that what `fn` creates (float32 probabilities) is only ever held for one chunk."""
+    total = tensors[0].new_zeros((), dtype=torch.float32)
+    for start in range(0, tensors[0].shape[0], chunk_size):
+        chunk = [t[start : start + chunk_size] for t in tensors]
+        total = total + (checkpoint(fn, *chunk, use_reentrant=False) if chunk[0].requires_grad else fn(*chunk))
+    return total
+
+
+def _select(mask: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Flatten tensors to one row per position (`(..., V)` to `(N, V)`, `mask`-shaped to `(N,)`) and keep the rows
+    where `mask` is true."""
+    if mask is None:
+        return [t.reshape(-1, t.shape[-1]) for t in tensors]
+    keep = mask.reshape(-1).nonzero(as_tuple=True)[0]
+    rows = [t.reshape(-1) if t.shape == mask.shape else t.reshape(-1, t.shape[-1]) for t in tensors]
+    return [t.index_select(0, keep) for t in rows]
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """
+    Sum of the token cross-entropies over the positions whose label is not -100, computed in float32 chunks.
+
+    Args:
+        logits (`torch.Tensor` of shape `(..., V)`): Logits, already aligned with `labels` (shifted for causal LMs).
+        labels (`torch.Tensor` of shape `(...)`): Target ids, -100 where ignored.
+        chunk_size (`int`): Number of tokens per chunk.
+
+    Returns:
+        `torch.Tensor`: scalar float32 sum; the caller divides by the number of label tokens.
+    """
+    rows, targets = _select(labels.ne(-100), logits, labels)
+
+    def chunk_ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(x.float(), y, reduction="sum")
+
+    return _chunked_sum(chunk_ce, rows, targets, chunk_size=chunk_size)
 
 
 def logit_distillation_loss(
@@ -86,15 +123,9 @@ def logit_distillation_loss(
             f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "must have the same shape."
         )
-    vocab = student_logits.shape[-1]
-    student = student_logits.reshape(-1, vocab)
-    teacher = teacher_logits.reshape(-1, vocab)
-    if mask is not None:
-        keep = mask.reshape(-1).nonzero(as_tuple=True)[0]
-        student, teacher = student.index_select(0, keep), teacher.index_select(0, keep)
-    total = student.new_zeros((), dtype=torch.float32)
-    for start in range(0, student.shape[0], chunk_size):
-        s, t = student[start : start + chunk_size], teacher[start : start + chunk_size].detach()
-        args = (s, t, divergence, temperature, jsd_beta)
-        total = total + (checkpoint(_chunk_sum, *args, use_reentrant=False) if s.requires_grad else _chunk_sum(*args))
-    return total * temperature**2
+    student, teacher = _select(mask, student_logits, teacher_logits.detach())
+
+    def chunk_divergence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return token_divergence(x, y, divergence, temperature, jsd_beta).sum()
+
+    return _chunked_sum(chunk_divergence, student, teacher, chunk_size=chunk_size) * temperature**2
