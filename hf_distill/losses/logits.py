@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -50,14 +50,35 @@ def token_divergence(
     raise ValueError(f"Unknown divergence {divergence!r}; choose one of {DIVERGENCES}.")
 
 
-def _chunked_sum(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """`sum(fn(*chunk))` over row chunks of `tensors`, recomputing each chunk in backward (activation checkpointing)
-    so that what `fn` creates (float32 probabilities) is only ever held for one chunk."""
-    total = tensors[0].new_zeros((), dtype=torch.float32)
-    for start in range(0, tensors[0].shape[0], chunk_size):
-        chunk = [t[start : start + chunk_size] for t in tensors]
-        total = total + (checkpoint(fn, *chunk, use_reentrant=False) if chunk[0].requires_grad else fn(*chunk))
-    return total
+class _ChunkedSum(torch.autograd.Function):
+    """`sum(fn(x_chunk, *other_chunks))` over row chunks, with the gradient for `x` computed chunk by chunk in
+    forward and stored in the dtype of `x`: no float32 intermediate of `fn` ever outlives its chunk."""
+
+    @staticmethod
+    def forward(ctx, fn, chunk_size, x, *others):
+        grad = torch.empty_like(x) if ctx.needs_input_grad[2] else None
+        total = x.new_zeros((), dtype=torch.float32)
+        for start in range(0, x.shape[0], chunk_size):
+            chunk = x[start : start + chunk_size].detach().requires_grad_(grad is not None)
+            with torch.enable_grad():
+                value = fn(chunk, *(o[start : start + chunk_size] for o in others))
+            if grad is not None:
+                (grad[start : start + chunk_size],) = torch.autograd.grad(value, chunk)
+            total += value.detach()
+        ctx.n_others = len(others)
+        ctx.grad = grad  # not save_for_backward: backward hands this very buffer on (no copy), so it must own it
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        grad, ctx.grad = ctx.grad, None
+        return None, None, grad.mul_(grad_output.to(grad.dtype)), *([None] * ctx.n_others)
+
+
+def _chunked_sum(fn: Callable[..., torch.Tensor], x: torch.Tensor, *others: torch.Tensor, chunk_size: int):
+    """`sum(fn(x_chunk, *other_chunks))` over row chunks of `chunk_size`; differentiable in `x` only."""
+    return _ChunkedSum.apply(fn, chunk_size, x, *others)
 
 
 def _select(mask: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -70,7 +91,7 @@ def _select(mask: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Ten
     return [t.index_select(0, keep) for t in rows]
 
 
-def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
     """
     Sum of the token cross-entropies over the positions whose label is not -100, computed in float32 chunks.
 
@@ -97,13 +118,13 @@ def logit_distillation_loss(
     divergence: str = "forward_kl",
     temperature: float = 1.0,
     jsd_beta: float = 0.5,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """
     Sum over the selected tokens of `T^2 * D(p_T^T, p_S^T)`, computed `chunk_size` tokens at a time.
 
-    Each chunk is upcast to float32 and recomputed in backward (activation checkpointing), so the float32
-    probabilities of both models are only ever held for `chunk_size` tokens, never for the whole batch.
+    Each chunk is upcast to float32 and its gradient is computed at once and stored in the student's dtype, so the
+    float32 probabilities of both models are only ever held for `chunk_size` tokens, never for the whole batch.
     The caller divides the sum by the number of tokens of the (accumulated) batch.
 
     Args:
