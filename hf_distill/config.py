@@ -98,7 +98,7 @@ class DistillationConfig(TrainingArguments):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"DistillationConfig.{name}={value} is negative: loss weights must be >= 0.")
-        if self.alpha_ce + self.gamma + self.hidden_weight + self.attention_weight == 0:
+        if sum(self.loss_weights.values()) == 0:
             raise ValueError(
                 "DistillationConfig: alpha_ce, gamma, hidden_weight and attention_weight are all 0, so there is "
                 "nothing to train on: set at least one of them > 0."
@@ -123,6 +123,16 @@ class DistillationConfig(TrainingArguments):
         value = getattr(self, name)
         if value not in choices:
             raise ValueError(f"DistillationConfig.{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each loss term, keyed by its log name."""
+        return {
+            "loss_ce": self.alpha_ce,
+            "loss_kd": self.gamma,
+            "loss_hidden": self.hidden_weight,
+            "loss_attn": self.attention_weight,
+        }
 
     @property
     def uses_teacher(self) -> bool:

@@ -35,7 +35,8 @@ from .modeling import (
 logger = logging.get_logger(__name__)
 
 PROJECTOR_NAME = "distill_projections.safetensors"
-LOSS_TERMS = ("loss_ce", "loss_kd", "loss_hidden", "loss_attn")
+# Each term is normalised by the label tokens (index 0) or by the attended tokens (index 1).
+_TERM_COUNT = {"loss_ce": 0, "loss_kd": 0, "loss_hidden": 1, "loss_attn": 1}
 
 
 class _ProjectorGradCallback(TrainerCallback):
@@ -101,6 +102,7 @@ class DistillationTrainer(Trainer):
         if task == "auto":
             task = infer_task(model, "student")
         self.task = task
+        self.vocab_size: int | None = None
 
         if teacher_model is None and args.uses_teacher:
             raise ValueError(
@@ -252,25 +254,20 @@ class DistillationTrainer(Trainer):
 
         label_mask = self._label_mask(labels)
         attended = _attended(inputs)
+        local_counts = (label_mask.sum(), attended.sum())
         if model.training and num_items_in_batch is not None and self._num_tokens_in_batch is not None:
-            n_labels, n_tokens = num_items_in_batch, self._num_tokens_in_batch
+            # whole accumulated batch, all processes; DDP averages gradients, so undo its division
+            counts = (num_items_in_batch, self._num_tokens_in_batch)
             scale = self.accelerator.num_processes if args.average_tokens_across_devices else 1
         else:
-            n_labels, n_tokens, scale = label_mask.sum(), attended.sum(), 1
+            counts, scale = local_counts, 1
         sums = self._loss_sums(outputs, teacher_outputs, labels, label_mask, attended)
-        denominators = {"loss_ce": n_labels, "loss_kd": n_labels, "loss_hidden": n_tokens, "loss_attn": n_tokens}
-        weights = {
-            "loss_ce": args.alpha_ce,
-            "loss_kd": args.gamma,
-            "loss_hidden": args.hidden_weight,
-            "loss_attn": args.attention_weight,
-        }
-        loss = sum(weights[k] * v / torch.as_tensor(denominators[k]).clamp_min(1) for k, v in sums.items()) * scale
+        weights = args.loss_weights
+        loss = scale * sum(weights[k] * v / _count(counts, k) for k, v in sums.items())
 
         mode = "train" if model.training else "eval"
-        local = {"loss_ce": label_mask.sum(), "loss_kd": label_mask.sum()}
         for key, value in sums.items():
-            self._metrics[mode][key].append(value.detach() / local.get(key, attended.sum()).clamp_min(1))
+            self._metrics[mode][key].append(value.detach() / _count(local_counts, key))
         self.loss_is_scaled_for_ga = model.training and num_items_in_batch is not None
         if return_outputs:
             keep = {k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")}
@@ -365,6 +362,11 @@ class DistillationTrainer(Trainer):
                 )
             self.projector.load_state_dict(load_file(path, device=str(self.args.device)))
         super()._load_optimizer_and_scheduler(checkpoint)
+
+
+def _count(counts: tuple[torch.Tensor, torch.Tensor], term: str) -> torch.Tensor:
+    """The normaliser of a loss term (at least 1, so an empty batch gives 0, not NaN)."""
+    return torch.as_tensor(counts[_TERM_COUNT[term]]).clamp_min(1)
 
 
 def _attended(batch: dict[str, Any]) -> torch.Tensor:
