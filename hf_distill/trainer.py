@@ -201,19 +201,22 @@ class DistillationTrainer(Trainer):
             labels = labels[..., 1:]
         return labels.ne(-100)
 
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """Collect the micro-batches of one optimizer step and count their label tokens and attended tokens."""
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """
+        Count the label tokens (returned, the Trainer's `num_items_in_batch`) and the attended tokens (kept for the
+        hidden and attention terms) of the micro-batches of one optimizer step, summed over processes under
+        `average_tokens_across_devices`.
+        """
         if not batch_samples or "labels" not in batch_samples[0]:
             self._num_tokens_in_batch = None
-            return batch_samples, None
+            return None
         counts = torch.stack(
             [torch.stack([self._label_mask(b["labels"]).sum(), _attended(b).sum()]).to(device) for b in batch_samples]
         ).sum(0)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts[None]).sum(0)
         self._num_tokens_in_batch = counts[1]
-        return batch_samples, counts[0]
+        return counts[0]
 
     # ---- loss -------------------------------------------------------------------------------------------------
 
