@@ -2,6 +2,8 @@
 
 from .alignment import parse_layer_map, resolve_layer_map
 from .config import DistillationConfig
+from .data import DomainCollator, concatenate_domains, split_by_domain
+from .domains import DDKCallback, DomainWeightedSampler, ddk_update, discrepancy_factor
 from .losses import (
     HiddenProjector,
     attention_map_loss,
@@ -16,14 +18,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PROJECTOR_NAME",
+    "DDKCallback",
     "DistillationConfig",
     "DistillationTrainer",
+    "DomainCollator",
+    "DomainWeightedSampler",
     "HiddenProjector",
     "attention_map_loss",
+    "concatenate_domains",
     "cross_entropy_loss",
+    "ddk_update",
+    "discrepancy_factor",
     "hidden_state_loss",
     "logit_distillation_loss",
     "parse_layer_map",
     "resolve_layer_map",
+    "split_by_domain",
     "token_divergence",
 ]

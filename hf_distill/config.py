@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment import parse_layer_map
+from .domains.ddk import parse_domain_weights
 from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
 
 TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification")
@@ -92,6 +93,39 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    domain_column: str = field(
+        default="domain",
+        metadata={"help": "Column of the training (and DDK validation) data that names each example's domain."},
+    )
+    ddk_update_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "DDK: re-weight the domain mixture every K optimizer steps from the student/teacher loss gap "
+            "per domain (None: the mixture stays at ddk_initial_weights)."
+        },
+    )
+    ddk_alpha: float = field(
+        default=0.5,
+        metadata={"help": "DDK smoothing alpha in [0, 1]: r = alpha * psi + (1 - alpha) / N (0 keeps r uniform)."},
+    )
+    ddk_smoothing: bool = field(
+        default=True,
+        metadata={"help": "DDK smoothed update (DDK eq. 4-5); False uses r = softmax(l_S / l_T)."},
+    )
+    ddk_eval_batches: int = field(
+        default=8,
+        metadata={
+            "help": "DDK: batches of per_device_eval_batch_size per domain and process evaluated at each update."
+        },
+    )
+    ddk_initial_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Initial domain mixture r_0: 'uniform' (default) or 'name=weight,...' / a JSON object "
+            "(weights >= 0, summing to 1, one per domain)."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         for name in ("alpha_ce", "gamma", "hidden_weight", "attention_weight"):
@@ -118,6 +152,34 @@ class DistillationConfig(TrainingArguments):
         if self.logit_chunk_size < 1:
             raise ValueError(f"DistillationConfig.logit_chunk_size={self.logit_chunk_size} must be >= 1.")
         parse_layer_map(self.layer_map)
+        self._check_ddk()
+
+    def _check_ddk(self) -> None:
+        if self.ddk_update_steps is not None and self.ddk_update_steps <= 0:
+            raise ValueError(
+                f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} must be a positive number of optimizer "
+                "steps (or None to keep the mixture fixed)."
+            )
+        if not 0.0 <= self.ddk_alpha <= 1.0:
+            raise ValueError(f"DistillationConfig.ddk_alpha={self.ddk_alpha} must be in [0, 1] (0.5 is DDK's value).")
+        if self.ddk_eval_batches < 1:
+            raise ValueError(f"DistillationConfig.ddk_eval_batches={self.ddk_eval_batches} must be >= 1.")
+        try:
+            weights = parse_domain_weights(self.ddk_initial_weights)
+        except ValueError as error:
+            raise ValueError(f"DistillationConfig.ddk_initial_weights={self.ddk_initial_weights!r}: {error}") from None
+        if weights is not None:
+            total = sum(weights.values())
+            if any(not w >= 0 for w in weights.values()) or abs(total - 1.0) > 1e-6:
+                raise ValueError(
+                    f"DistillationConfig.ddk_initial_weights={self.ddk_initial_weights!r}: weights must be >= 0 and "
+                    f"sum to 1 (they sum to {total:g}); normalise them or use 'uniform'."
+                )
+
+    @property
+    def initial_domain_weights(self) -> dict[str, float] | None:
+        """`ddk_initial_weights` parsed to `{domain: weight}`, or `None` for uniform."""
+        return parse_domain_weights(self.ddk_initial_weights)
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

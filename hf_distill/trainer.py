@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from .alignment import attention_layer_pairs, resolve_layer_map
 from .config import DistillationConfig
+from .data import DOMAIN_IDS
 from .losses import (
     HiddenProjector,
     attention_map_loss,
@@ -31,6 +32,7 @@ from .modeling import (
     resolve_dtype,
     shared_vocab_size,
 )
+from .trainer_domains import DomainTrainingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -49,7 +51,7 @@ class _ProjectorGradCallback(TrainerCallback):
         self.projector.zero_grad(set_to_none=True)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(DomainTrainingMixin, Trainer):
     """
     A [`~transformers.Trainer`] that trains `model` (the student) against a frozen `teacher_model`.
 
@@ -64,6 +66,11 @@ class DistillationTrainer(Trainer):
     saved or optimised. The projections are trained with the student and saved in each checkpoint as
     `distill_projections.safetensors`, apart from the student's weights; `resume_from_checkpoint` restores them.
 
+    A training set with a `args.domain_column` column (or a dict of domain name -> dataset) is sampled by a
+    [`DomainWeightedSampler`] with the mixture `args.ddk_initial_weights`; with `args.ddk_update_steps` a
+    [`DDKCallback`] re-weights it toward the domains where the student lags the teacher most (DDK), measured on
+    `ddk_eval_dataset`. The share of each domain in the training batches is logged as `domain_share/<domain>`.
+
     Args:
         model (`PreTrainedModel` or `str`): The student, or a hub id / local path to load it from (safetensors).
         teacher_model (`PreTrainedModel` or `str`): The teacher, or a hub id / local path (safetensors,
@@ -74,6 +81,8 @@ class DistillationTrainer(Trainer):
         **kwargs: Every other [`~transformers.Trainer`] argument (`train_dataset`, `data_collator`,
             `processing_class`, `callbacks`, ...). `processing_class` (the tokenizer) also tells the real vocabulary
             size when the teacher's and student's vocabularies differ by padding rows.
+        ddk_eval_dataset (`Dataset` or `dict[str, Dataset]`, *optional*): Held-out data of every domain for DDK (a
+            dataset with the domain column, or one per domain); defaults to `eval_dataset` when it has domains.
     """
 
     def __init__(
@@ -82,6 +91,7 @@ class DistillationTrainer(Trainer):
         teacher_model: PreTrainedModel | str | None = None,
         args: DistillationConfig | None = None,
         peft_config: Any | None = None,
+        ddk_eval_dataset: Any | None = None,
         **kwargs: Any,
     ):
         if args is None:
@@ -90,6 +100,9 @@ class DistillationTrainer(Trainer):
             raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}.")
         if model is None:
             raise ValueError("DistillationTrainer needs a student `model` (a model or a hub id / local path).")
+        kwargs["train_dataset"] = self._prepare_domains(
+            args, kwargs.get("train_dataset"), ddk_eval_dataset, kwargs.get("eval_dataset")
+        )
         task = args.task
         if isinstance(model, str):
             model = load_pretrained(
@@ -152,6 +165,7 @@ class DistillationTrainer(Trainer):
                 self.accelerator.prepare_model(self.projector) if self._projector_params() else self.projector
             )
             self.add_callback(_ProjectorGradCallback(self.projector))
+        self._attach_domains()
 
     # ---- set-up -----------------------------------------------------------------------------------------------
 
@@ -242,6 +256,7 @@ class DistillationTrainer(Trainer):
         args: DistillationConfig = self.args
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
+        domain_ids = inputs.pop(DOMAIN_IDS, None)
         if labels is None:
             raise ValueError("DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore).")
         flags = {}
@@ -271,6 +286,10 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         for key, value in sums.items():
             self._metrics[mode][key].append(value.detach() / _count(local_counts, key))
+        if model.training and domain_ids is not None:
+            share = torch.bincount(domain_ids.clamp_min(0), minlength=len(self.domain_names)) / domain_ids.numel()
+            for name, value in zip(self.domain_names, share, strict=True):
+                self._metrics[mode][f"domain_share/{name}"].append(value)
         self.loss_is_scaled_for_ga = model.training and num_items_in_batch is not None
         if return_outputs:
             keep = {k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")}
@@ -332,11 +351,36 @@ class DistillationTrainer(Trainer):
             ) / len(self.attention_pairs)
         return sums
 
+    @torch.no_grad()
+    def token_cross_entropy(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Summed token cross-entropy of `model` (student or teacher) on a batch, and the number of label tokens.
+
+        Used by [`DDKCallback`] for the per-domain losses `l_S` and `l_T`; logits are compared on the shared
+        vocabulary when the models' vocabularies differ by padding rows.
+
+        Returns:
+            `tuple[torch.Tensor, torch.Tensor]`: the float32 sum and the count.
+        """
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("The DDK validation batches have no `labels`: use the training data collator's format.")
+        inputs.pop(DOMAIN_IDS, None)
+        with self.compute_loss_context_manager():
+            logits = model(**inputs).logits
+        if self.task == "causal_lm":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        logits = logits[..., : self.vocab_size]
+        return cross_entropy_loss(logits, labels, self.args.logit_chunk_size), labels.ne(-100).sum()
+
     # ---- logging ----------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log (averaged over processes) to the Trainer's logs."""
         mode = "train" if self.model.training else "eval"
+        if mode == "train" and "loss" not in logs:  # not a training log step (e.g. DDK's update log)
+            return super().log(logs, start_time)
         metrics = {}
         for key, values in self._metrics[mode].items():
             value = torch.stack(values).mean()

@@ -1,5 +1,6 @@
-"""Two gloo processes on CPU: the update equals one process on the concatenated batch."""
+"""Two gloo processes on CPU: the update equals one process on the concatenated batch; DDK stays in sync."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_distill import DomainWeightedSampler
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_step.py"
+DDK_SCRIPT = Path(__file__).parent / "scripts" / "ddk_ddp.py"
 
 
 def _run(cmd, env):
@@ -35,3 +39,26 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     for key, value in reference.items():
         torch.testing.assert_close(rank0[key], rank1[key], atol=0, rtol=0, msg=key)
         torch.testing.assert_close(rank0[key], value, atol=2e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_ddk_two_processes_share_weights_and_split_one_stream(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29518"]  # fmt: skip
+    _run([*launch, str(DDK_SCRIPT), str(tmp_path)], env)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    # identical weights after every update (3 updates in 6 steps), on both processes
+    assert len(rank0["updates"]) == 3 and rank0["updates"] == rank1["updates"]
+    assert rank0["sampler"] == rank1["sampler"] and len(rank0["sampler"]["history"]) == 4
+    assert rank0["teacher_losses"] == rank1["teacher_losses"]
+    # each step: disjoint examples, and together exactly the next global batch of the one shared stream
+    stream = DomainWeightedSampler(rank0["labels"], seed=0)
+    stream.load_state_dict(rank0["sampler"])
+    stream = list(stream)
+    assert len(rank0["steps"]) == len(rank1["steps"]) == 6
+    for step, (a, b) in enumerate(zip(rank0["steps"], rank1["steps"], strict=True)):
+        assert not set(a) & set(b), step
+        assert a + b == stream[8 * step : 8 * step + 8], step

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import PadCollator, make_config, tiny_bert_cls, tiny_llama
+from conftest import PadCollator, lm_dataset, make_config, tiny_bert_cls, tiny_llama
 from transformers import BertConfig, BertForTokenClassification, HfArgumentParser
 
 from hf_distill import DistillationConfig, DistillationTrainer
@@ -131,3 +131,80 @@ def test_config_parses_from_command_line(tmp_path):
         HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
             ["--output_dir", str(tmp_path), "--temperature", "-2", "--report_to", "none"]
         )
+
+
+# ---- DDK / multi-domain data ---------------------------------------------------------------------------------
+
+
+def _domains(names=("a", "b", "c"), n=8):
+    return {name: lm_dataset(n=n, seed=i) for i, name in enumerate(names)}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ddk_update_steps", 0, r"ddk_update_steps=0 must be a positive number of optimizer steps"),
+        ("ddk_update_steps", -5, r"ddk_update_steps=-5 must be a positive"),
+        ("ddk_alpha", 1.5, r"ddk_alpha=1.5 must be in \[0, 1\]"),
+        ("ddk_alpha", -0.1, r"ddk_alpha=-0.1 must be in \[0, 1\]"),
+        ("ddk_eval_batches", 0, r"ddk_eval_batches=0 must be >= 1"),
+        ("ddk_initial_weights", "a=0.5,b=0.6", r"ddk_initial_weights='a=0.5,b=0.6': .*sum to 1 \(they sum to 1.1\)"),
+        ("ddk_initial_weights", "a=1.5,b=-0.5", r"ddk_initial_weights=.*weights must be >= 0"),
+        ("ddk_initial_weights", "a=0.5,b", r"ddk_initial_weights='a=0.5,b': cannot parse"),
+    ],
+)
+def test_ddk_config_errors(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=r"DistillationConfig\." + message):
+        make_config(tmp_path, **{field: value})
+
+
+def test_ddk_config_from_command_line(tmp_path):
+    (args,) = HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--ddk_update_steps", "100", "--ddk_initial_weights", "a=0.25,b=0.75"]
+    )
+    assert args.ddk_update_steps == 100 and args.initial_domain_weights == {"a": 0.25, "b": 0.75}
+    with pytest.raises(ValueError, match="ddk_alpha=2.0 must be in"):
+        HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--ddk_alpha", "2"]
+        )
+
+
+def test_domain_without_training_data(config_factory):
+    train = {**_domains(("a", "b")), "c": lm_dataset(n=8).select([])}
+    with pytest.raises(ValueError, match="Domain 'c' has no examples"):
+        _trainer(config_factory(), train_dataset=train)
+
+
+def test_initial_weights_name_unknown_or_miss_a_domain(config_factory):
+    with pytest.raises(ValueError, match=r"names domains \['d'\] that have no training data.*\['a', 'b', 'c'\]"):
+        _trainer(config_factory(ddk_initial_weights="a=0.5,b=0.25,d=0.25"), train_dataset=_domains())
+    with pytest.raises(ValueError, match=r"gives no weight to domains \['c'\]"):
+        _trainer(config_factory(ddk_initial_weights="a=0.5,b=0.5"), train_dataset=_domains())
+
+
+def test_ddk_validation_data_errors(config_factory):
+    args = config_factory(ddk_update_steps=10)
+    with pytest.raises(ValueError, match="DDK needs held-out data of every domain: pass ddk_eval_dataset="):
+        _trainer(args, train_dataset=_domains())
+    with pytest.raises(ValueError, match=r"ddk_eval_dataset has domains \['d'\] with no training data"):
+        _trainer(args, train_dataset=_domains(), ddk_eval_dataset=_domains(("a", "b", "c", "d")))
+    with pytest.raises(ValueError, match=r"Domains \['b'\] have no validation data"):
+        _trainer(args, train_dataset=_domains(), ddk_eval_dataset=_domains(("a", "c")))
+    empty_b = {**_domains(("a", "c")), "b": lm_dataset(n=4).select([])}
+    with pytest.raises(ValueError, match=r"Domains \['b'\] have no validation data"):
+        _trainer(args, train_dataset=_domains(), ddk_eval_dataset=empty_b)
+
+
+def test_ddk_needs_domains_and_a_teacher(config_factory):
+    with pytest.raises(ValueError, match="train_dataset has no 'domain' column: add one, set domain_column"):
+        _trainer(config_factory(ddk_update_steps=10), train_dataset=lm_dataset())
+    with pytest.raises(ValueError, match="DDK compares the student with the teacher"):
+        _trainer(config_factory(ddk_update_steps=10, gamma=0.0), teacher=None, train_dataset=_domains())
+
+
+def test_resume_without_ddk_state_is_a_clear_error(config_factory, tmp_path):
+    kwargs = dict(train_dataset=_domains(), ddk_eval_dataset=_domains(n=4))
+    _trainer(config_factory(max_steps=2, save_strategy="steps", save_steps=2), **kwargs).train()
+    checkpoint = str(tmp_path / "out" / "checkpoint-2")  # written without DDK
+    with pytest.raises(ValueError, match="The checkpoint has no DDK state"):
+        _trainer(config_factory(max_steps=4, ddk_update_steps=2), **kwargs).train(resume_from_checkpoint=checkpoint)

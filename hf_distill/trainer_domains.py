@@ -1,0 +1,158 @@
+"""Multi-domain training glue for `DistillationTrainer`: domain columns, the weighted sampler and DDK."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from datasets import ClassLabel, Dataset
+from transformers.utils import logging
+
+from .config import DistillationConfig
+from .data import DomainCollator, concatenate_domains, domain_labels, split_by_domain
+from .domains import DDKCallback, DomainWeightedSampler
+
+logger = logging.get_logger(__name__)
+
+
+class DomainTrainingMixin:
+    """
+    Adds multi-domain training to a `transformers.Trainer`: a training set with a domain column (or a dict of
+    domain name -> dataset) is sampled by a [`DomainWeightedSampler`], the domain column survives
+    `remove_unused_columns` and reaches `compute_loss` as `domain_ids`, and with `ddk_update_steps` a [`DDKCallback`]
+    re-weights the mixture, its state saved in checkpoints and restored on resume.
+    """
+
+    domain_names: list[str] | None = None
+    domain_sampler: DomainWeightedSampler | None = None
+    ddk_callback: DDKCallback | None = None
+
+    def _prepare_domains(
+        self,
+        args: DistillationConfig,
+        train_dataset: Any,
+        ddk_eval_dataset: Dataset | Mapping[str, Dataset] | None,
+        eval_dataset: Any,
+    ) -> Any:
+        """Check the domain settings against the data before anything is built; returns the training set."""
+        column = args.domain_column
+        if isinstance(train_dataset, Mapping):
+            train_dataset = concatenate_domains(train_dataset, column)
+        has_domains = isinstance(train_dataset, Dataset) and column in train_dataset.column_names
+        initial = args.initial_domain_weights
+        if not has_domains:
+            if args.ddk_update_steps is not None or initial is not None:
+                raise ValueError(
+                    f"DistillationConfig.ddk_update_steps={args.ddk_update_steps} / ddk_initial_weights="
+                    f"{args.ddk_initial_weights!r} need a training set with domains, but train_dataset has no "
+                    f"{column!r} column: add one, set domain_column, or pass a dict of domain name -> dataset."
+                )
+            return train_dataset
+        self._domain_labels = domain_labels(train_dataset, column)
+        feature = train_dataset.features[column]
+        self._domain_class_names = feature.names if isinstance(feature, ClassLabel) else None
+        names = sorted(set(self._domain_labels))
+        self.domain_names = names
+        if initial is not None:
+            unknown, missing = sorted(set(initial) - set(names)), sorted(set(names) - set(initial))
+            if unknown:
+                raise ValueError(
+                    f"DistillationConfig.ddk_initial_weights names domains {unknown} that have no training data; "
+                    f"the training set has {names}: fix the names or add those domains' data."
+                )
+            if missing:
+                raise ValueError(
+                    f"DistillationConfig.ddk_initial_weights gives no weight to domains {missing}: give one weight "
+                    f"per domain of {names}."
+                )
+        if args.ddk_update_steps is not None:
+            if not args.uses_teacher:
+                raise ValueError(
+                    f"DistillationConfig.ddk_update_steps={args.ddk_update_steps}: DDK compares the student with the "
+                    "teacher, but no term uses the teacher (gamma, hidden_weight and attention_weight are 0)."
+                )
+            self._ddk_eval_sets = self._domain_validation_sets(names, column, ddk_eval_dataset, eval_dataset)
+        return train_dataset
+
+    @staticmethod
+    def _domain_validation_sets(
+        names: list[str], column: str, ddk_eval_dataset: Any, eval_dataset: Any
+    ) -> dict[str, Dataset]:
+        source = ddk_eval_dataset
+        if source is None and isinstance(eval_dataset, Mapping) and set(eval_dataset) == set(names):
+            source = eval_dataset
+        if source is None and isinstance(eval_dataset, Dataset) and column in eval_dataset.column_names:
+            source = eval_dataset
+        if source is None:
+            raise ValueError(
+                "DDK needs held-out data of every domain: pass ddk_eval_dataset= (a Dataset with a "
+                f"{column!r} column or a dict of domain name -> Dataset) to DistillationTrainer."
+            )
+        sets = split_by_domain(source, column)
+        unknown = sorted(set(sets) - set(names))
+        if unknown:
+            raise ValueError(
+                f"ddk_eval_dataset has domains {unknown} with no training data (training domains: {names}): "
+                "remove them or add their training data."
+            )
+        missing = [name for name in names if name not in sets or len(sets[name]) == 0]
+        if missing:
+            raise ValueError(
+                f"Domains {missing} have no validation data in ddk_eval_dataset: DDK needs held-out examples of "
+                "every training domain."
+            )
+        return sets
+
+    def _attach_domains(self) -> None:
+        """After `Trainer.__init__`: carry domain ids through the collator and register the DDK callback."""
+        if self.domain_names is None:
+            return
+        self.data_collator = DomainCollator(
+            self.data_collator, self.args.domain_column, self.domain_names, self._domain_class_names
+        )
+        if self.args.ddk_update_steps is not None:
+            self.ddk_callback = DDKCallback(self, self._ddk_eval_sets)
+            self.add_callback(self.ddk_callback)
+
+    # ---- Trainer hooks ---------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.domain_names is not None and self.args.domain_column not in self._signature_columns:
+            self._signature_columns.append(self.args.domain_column)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        if self.domain_names is None:
+            return super()._get_train_sampler(train_dataset)
+        if self.args.train_sampling_strategy != "random":
+            logger.warning(
+                f"train_sampling_strategy={self.args.train_sampling_strategy!r} is ignored: the training set has "
+                "domains, so examples are drawn by the DomainWeightedSampler."
+            )
+        initial = self.args.initial_domain_weights
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self.domain_sampler = DomainWeightedSampler(
+            self._domain_labels,
+            None if initial is None else [initial[name] for name in self.domain_names],
+            seed=seed,
+            domain_names=self.domain_names,
+        )
+        return self.domain_sampler
+
+    def _load_callback_state(self) -> None:
+        """Restore the DDK state (always: the data stream depends on it), then the Trainer's callback states."""
+        saved = self.state.stateful_callbacks
+        ddk_state = saved.pop(DDKCallback.__name__, None)
+        try:
+            super()._load_callback_state()
+        finally:
+            if ddk_state is not None:
+                saved[DDKCallback.__name__] = ddk_state
+        if self.ddk_callback is not None:
+            if ddk_state is None:
+                raise ValueError(
+                    "The checkpoint has no DDK state (DDKCallback in trainer_state.json), but this run uses DDK: "
+                    "resume from a checkpoint written with the same ddk_update_steps setting."
+                )
+            self.ddk_callback.load_state(ddk_state)

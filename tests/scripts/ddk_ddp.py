@@ -1,0 +1,69 @@
+"""DDK training with DistillationTrainer; writes OUT/rank{i}.json with the sampler state, the DDK updates and the
+example uids of each training step on this process.
+
+Run under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU) or as one process.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from conftest import PadCollator, make_config, tiny_llama  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from toy_domains import DOMAINS, domain_datasets, domain_rows  # noqa: E402
+
+from hf_distill import DistillationTrainer  # noqa: E402
+
+STEPS = 6
+
+
+class RecordingCollator(PadCollator):
+    """Pads like PadCollator and records the `uid` of each training example, batch by batch (DDK's validation
+    examples have none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def __call__(self, rows):
+        if "uid" in rows[0]:
+            self.batches.append([r["uid"] for r in rows])
+        return super().__call__(rows)
+
+
+def main(out: str) -> None:
+    from pathlib import Path
+
+    rows = [{"input_ids": r, "domain": d} for d in DOMAINS for r in domain_rows(d, 40, seed=0)]
+    train = Dataset.from_list([{**r, "uid": i} for i, r in enumerate(rows)])
+    args = make_config(
+        Path(out), max_steps=STEPS, per_device_train_batch_size=4, ddk_update_steps=2, ddk_eval_batches=2,
+        per_device_eval_batch_size=4, remove_unused_columns=False,
+    )  # fmt: skip
+    collator = RecordingCollator()
+    trainer = DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1),
+        teacher_model=tiny_llama(hidden=32, layers=4, seed=2),
+        args=args,
+        train_dataset=train,
+        ddk_eval_dataset=domain_datasets(12, seed=1),
+        data_collator=collator,
+    )
+    trainer.train()
+    rank = trainer.args.process_index
+    record = {
+        "sampler": trainer.domain_sampler.state_dict(),
+        "updates": trainer.ddk_callback.updates,
+        "teacher_losses": trainer.ddk_callback.teacher_losses,
+        "labels": list(train["domain"]),
+        "steps": collator.batches[:STEPS],
+        "world_size": trainer.args.world_size,
+    }
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
