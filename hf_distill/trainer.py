@@ -287,9 +287,7 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
         for key, value in sums.items():
             self._metrics[mode][key].append(value.detach() / _count(local_counts, key))
         if model.training and domain_ids is not None:
-            share = torch.bincount(domain_ids.clamp_min(0), minlength=len(self.domain_names)) / domain_ids.numel()
-            for name, value in zip(self.domain_names, share, strict=True):
-                self._metrics[mode][f"domain_share/{name}"].append(value)
+            self._record_domain_share(domain_ids)
         self.loss_is_scaled_for_ga = model.training and num_items_in_batch is not None
         if return_outputs:
             keep = {k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")}
@@ -350,29 +348,6 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
                 for s, t in self.attention_pairs
             ) / len(self.attention_pairs)
         return sums
-
-    @torch.no_grad()
-    def token_cross_entropy(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Summed token cross-entropy of `model` (student or teacher) on a batch, and the number of label tokens.
-
-        Used by [`DDKCallback`] for the per-domain losses `l_S` and `l_T`; logits are compared on the shared
-        vocabulary when the models' vocabularies differ by padding rows.
-
-        Returns:
-            `tuple[torch.Tensor, torch.Tensor]`: the float32 sum and the count.
-        """
-        inputs = dict(inputs)
-        labels = inputs.pop("labels", None)
-        if labels is None:
-            raise ValueError("The DDK validation batches have no `labels`: use the training data collator's format.")
-        inputs.pop(DOMAIN_IDS, None)
-        with self.compute_loss_context_manager():
-            logits = model(**inputs).logits
-        if self.task == "causal_lm":
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        logits = logits[..., : self.vocab_size]
-        return cross_entropy_loss(logits, labels, self.args.logit_chunk_size), labels.ne(-100).sum()
 
     # ---- logging ----------------------------------------------------------------------------------------------
 

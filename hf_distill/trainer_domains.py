@@ -10,8 +10,9 @@ from datasets import ClassLabel, Dataset
 from transformers.utils import logging
 
 from .config import DistillationConfig
-from .data import DomainCollator, concatenate_domains, domain_labels, split_by_domain
+from .data import DOMAIN_IDS, DomainCollator, concatenate_domains, domain_labels, split_by_domain
 from .domains import DDKCallback, DomainWeightedSampler
+from .losses import cross_entropy_loss
 
 logger = logging.get_logger(__name__)
 
@@ -114,6 +115,37 @@ class DomainTrainingMixin:
         if self.args.ddk_update_steps is not None:
             self.ddk_callback = DDKCallback(self, self._ddk_eval_sets)
             self.add_callback(self.ddk_callback)
+
+    # ---- used by compute_loss and DDKCallback ----------------------------------------------------------------
+
+    def _record_domain_share(self, domain_ids: torch.Tensor) -> None:
+        """Log the share of each domain in a training batch (`domain_share/<domain>`)."""
+        share = torch.bincount(domain_ids.clamp_min(0), minlength=len(self.domain_names)) / domain_ids.numel()
+        for name, value in zip(self.domain_names, share, strict=True):
+            self._metrics["train"][f"domain_share/{name}"].append(value)
+
+    @torch.no_grad()
+    def token_cross_entropy(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Summed token cross-entropy of `model` (student or teacher) on a batch, and the number of label tokens.
+
+        Used by [`DDKCallback`] for the per-domain losses `l_S` and `l_T`; logits are compared on the shared
+        vocabulary when the models' vocabularies differ by padding rows.
+
+        Returns:
+            `tuple[torch.Tensor, torch.Tensor]`: the float32 sum and the count.
+        """
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("The DDK validation batches have no `labels`: use the training data collator's format.")
+        inputs.pop(DOMAIN_IDS, None)
+        with self.compute_loss_context_manager():
+            logits = model(**inputs).logits
+        if self.task == "causal_lm":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        logits = logits[..., : self.vocab_size]
+        return cross_entropy_loss(logits, labels, self.args.logit_chunk_size), labels.ne(-100).sum()
 
     # ---- Trainer hooks ---------------------------------------------------------------------------------------
 
