@@ -38,6 +38,8 @@ class DomainTrainingMixin:
     ) -> Any:
         """Check the domain settings against the data before anything is built; returns the training set."""
         column = args.domain_column
+        if ddk_eval_dataset is not None and args.ddk_update_steps is None:
+            logger.warning("ddk_eval_dataset is ignored: DDK is off (set ddk_update_steps to turn it on).")
         if isinstance(train_dataset, Mapping):
             train_dataset = concatenate_domains(train_dataset, column)
         has_domains = isinstance(train_dataset, Dataset) and column in train_dataset.column_names
