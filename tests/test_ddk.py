@@ -83,24 +83,26 @@ def test_sampler_frequencies_match_the_weights_over_20k_draws():
         assert observed == pytest.approx(weights, abs=0.02), (weights, observed)
 
 
-def test_sampler_weight_change_applies_from_the_next_draw():
-    plain = DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=3, num_samples=20_000)
-    changed = DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=3, num_samples=20_000)
-    reference, stream = list(plain), []
-    for i, index in enumerate(changed):
+def _stream_with_change(sampler, after, weights):
+    """Iterate `sampler` to the end, calling `set_weights(weights)` once `after` draws are made."""
+    stream = []
+    for index in sampler:
         stream.append(index)
-        if i == 9_999:
-            changed.set_weights([0.0, 0.0, 1.0])
+        if len(stream) == after:
+            sampler.set_weights(weights)
+    return stream
+
+
+def test_sampler_weight_change_applies_from_the_next_draw():
+    reference = list(DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=3, num_samples=20_000))
+    changed = DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=3, num_samples=20_000)
+    stream = _stream_with_change(changed, 10_000, [0.0, 0.0, 1.0])
     assert stream[:10_000] == reference[:10_000]
     assert set(_domains_of(stream[10_000:])) == {"c"}  # every draw after the change, the very next one included
     assert changed.history == [(0, [0.5, 0.3, 0.2]), (10_000, [0.0, 0.0, 1.0])]
 
     mixed = DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=3, num_samples=20_000)
-    stream = []
-    for i, index in enumerate(mixed):
-        stream.append(index)
-        if i == 9_999:
-            mixed.set_weights([0.2, 0.2, 0.6])
+    stream = _stream_with_change(mixed, 10_000, [0.2, 0.2, 0.6])
     assert _frequencies(_domains_of(stream[:10_000])) == pytest.approx([0.5, 0.3, 0.2], abs=0.02)
     assert _frequencies(_domains_of(stream[10_000:])) == pytest.approx([0.2, 0.2, 0.6], abs=0.02)
 
@@ -118,11 +120,7 @@ def test_sampler_same_seed_same_stream_and_per_domain_shuffle_cycles():
 
 def test_sampler_epochs_continue_the_stream_and_state_dict_round_trips():
     long = DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=1, num_samples=2000)
-    long_stream = []
-    for i, index in enumerate(long):
-        long_stream.append(index)
-        if i == 1499:
-            long.set_weights([0.1, 0.1, 0.8])
+    long_stream = _stream_with_change(long, 1500, [0.1, 0.1, 0.8])
     epochs = DomainWeightedSampler(LABELS, [0.5, 0.3, 0.2], seed=1, num_samples=1000)
     epochs.load_state_dict({**long.state_dict(), "num_samples": 1000})
     epoch0 = list(epochs)
