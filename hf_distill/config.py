@@ -21,7 +21,9 @@ class DistillationConfig(TrainingArguments):
 
     The training loss is
     `alpha_ce * CE(student, labels) + gamma * T^2 * D(p_T^T, p_S^T) + hidden_weight * L_hidden
-    + attention_weight * L_attn`, each term normalised over the tokens of the whole accumulated batch.
+    + attention_weight * L_attn`, each term normalised over the tokens of the whole accumulated batch. For DSG-KD
+    (a teacher with its own tokenizer, batches from [`DSGKDCollator`]) the teacher terms are instead
+    `word_hidden_weight * L_word_hidden + word_attention_weight * L_word_attn`, normalised over the domain words.
 
     Every field can be given on the command line or in a YAML file through [`~transformers.HfArgumentParser`].
     Invalid values raise a `ValueError` naming the field, the value and the fix.
@@ -34,6 +36,17 @@ class DistillationConfig(TrainingArguments):
     )
     attention_weight: float = field(
         default=0.0, metadata={"help": "Weight of the attention-map term at the mapped layers (0 turns it off)."}
+    )
+    word_hidden_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "DSG-KD: weight of the MSE between the mean-pooled subword hidden states of the domain words of "
+            "student (projected) and teacher at the mapped layers; needs batches from DSGKDCollator."
+        },
+    )
+    word_attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "DSG-KD: weight of the MSE between the word-to-word attention maps of the domain words."},
     )
     temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature T of the logit term; the term is scaled by T^2."}
@@ -128,14 +141,28 @@ class DistillationConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("alpha_ce", "gamma", "hidden_weight", "attention_weight"):
+        for name in (
+            "alpha_ce",
+            "gamma",
+            "hidden_weight",
+            "attention_weight",
+            "word_hidden_weight",
+            "word_attention_weight",
+        ):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"DistillationConfig.{name}={value} is negative: loss weights must be >= 0.")
         if sum(self.loss_weights.values()) == 0:
             raise ValueError(
-                "DistillationConfig: alpha_ce, gamma, hidden_weight and attention_weight are all 0, so there is "
-                "nothing to train on: set at least one of them > 0."
+                "DistillationConfig: every loss weight (alpha_ce, gamma, hidden_weight, attention_weight, "
+                "word_hidden_weight, word_attention_weight) is 0, so there is nothing to train on: set one > 0."
+            )
+        if self.dsg_kd and (self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0):
+            raise ValueError(
+                f"DistillationConfig: word_hidden_weight={self.word_hidden_weight} / word_attention_weight="
+                f"{self.word_attention_weight} turn on DSG-KD, whose teacher reads its own tokenization, so its "
+                f"logits and token positions do not match the student's; set gamma=0 (now {self.gamma}), "
+                f"hidden_weight=0 (now {self.hidden_weight}) and attention_weight=0 (now {self.attention_weight})."
             )
         if not self.temperature > 0:
             raise ValueError(f"DistillationConfig.temperature={self.temperature} must be > 0 (1.0 is plain softmax).")
@@ -194,9 +221,26 @@ class DistillationConfig(TrainingArguments):
             "loss_kd": self.gamma,
             "loss_hidden": self.hidden_weight,
             "loss_attn": self.attention_weight,
+            "loss_word_hidden": self.word_hidden_weight,
+            "loss_word_attn": self.word_attention_weight,
         }
 
     @property
     def uses_teacher(self) -> bool:
         """Whether any term needs the teacher."""
-        return self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0
+        return self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0 or self.dsg_kd
+
+    @property
+    def dsg_kd(self) -> bool:
+        """Whether the word-level DSG-KD terms are on (the teacher then reads its own `teacher_*` inputs)."""
+        return self.word_hidden_weight > 0 or self.word_attention_weight > 0
+
+    @property
+    def matches_hidden_states(self) -> bool:
+        """Whether a term compares hidden states (token or word level): needs layer pairs and projections."""
+        return self.hidden_weight > 0 or self.word_hidden_weight > 0
+
+    @property
+    def matches_attentions(self) -> bool:
+        """Whether a term compares attention maps (token or word level): needs eager attention."""
+        return self.attention_weight > 0 or self.word_attention_weight > 0

@@ -18,10 +18,6 @@ from .config import DistillationConfig
 from .data import DOMAIN_IDS
 from .losses import (
     HiddenProjector,
-    attention_map_loss,
-    cross_entropy_loss,
-    hidden_state_loss,
-    logit_distillation_loss,
 )
 from .modeling import (
     check_attentions_available,
@@ -33,12 +29,21 @@ from .modeling import (
     shared_vocab_size,
 )
 from .trainer_domains import DomainTrainingMixin
+from .trainer_terms import WORD_KEYS, LossTermsMixin
 
 logger = logging.get_logger(__name__)
 
 PROJECTOR_NAME = "distill_projections.safetensors"
-# Each term is normalised by the label tokens (index 0) or by the attended tokens (index 1).
-_TERM_COUNT = {"loss_ce": 0, "loss_kd": 0, "loss_hidden": 1, "loss_attn": 1}
+# Each term is normalised by the label tokens (index 0), the attended tokens (1) or the domain words (2).
+_TERM_COUNT = {
+    "loss_ce": 0,
+    "loss_kd": 0,
+    "loss_hidden": 1,
+    "loss_attn": 1,
+    "loss_word_hidden": 2,
+    "loss_word_attn": 2,
+}
+_TEACHER_PREFIX = "teacher_"
 
 
 class _ProjectorGradCallback(TrainerCallback):
@@ -51,7 +56,7 @@ class _ProjectorGradCallback(TrainerCallback):
         self.projector.zero_grad(set_to_none=True)
 
 
-class DistillationTrainer(DomainTrainingMixin, Trainer):
+class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
     """
     A [`~transformers.Trainer`] that trains `model` (the student) against a frozen `teacher_model`.
 
@@ -106,7 +111,7 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
         task = args.task
         if isinstance(model, str):
             model = load_pretrained(
-                model, "causal_lm" if task == "auto" else task, torch.float32, args.attention_weight > 0, False
+                model, "causal_lm" if task == "auto" else task, torch.float32, args.matches_attentions, False
             )
         if peft_config is not None:
             from peft import get_peft_model
@@ -119,8 +124,9 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
 
         if teacher_model is None and args.uses_teacher:
             raise ValueError(
-                "teacher_model is missing: pass a teacher model (or its hub id / path), or set gamma, hidden_weight "
-                "and attention_weight to 0 for plain fine-tuning."
+                "teacher_model is missing: pass a teacher model (or its hub id / path), or set every teacher term "
+                "(gamma, hidden_weight, attention_weight, word_hidden_weight, word_attention_weight) to 0 for plain "
+                "fine-tuning."
             )
         self.teacher: nn.Module | None = None
         if args.uses_teacher:
@@ -128,17 +134,17 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
 
         self.projector: HiddenProjector | None = None
         self.layer_pairs: list[tuple[int, int]] = []
-        if args.hidden_weight > 0 or args.attention_weight > 0:
+        if args.matches_hidden_states or args.matches_attentions:
             self.layer_pairs = resolve_layer_map(
                 args.layer_map, num_layers(model), num_layers(self.teacher), args.hidden_include_embeddings
             )
         self.attention_pairs = attention_layer_pairs(self.layer_pairs)
-        if args.attention_weight > 0:
+        if args.matches_attentions:
             if not self.attention_pairs:
                 raise ValueError(f"layer_map={args.layer_map!r} maps no transformer block (only layer 0): fix it.")
             check_attentions_available(model, "student")
             check_attentions_available(self.teacher, "teacher")
-        if args.hidden_weight > 0:
+        if args.matches_hidden_states:
             self.projector = HiddenProjector(
                 [s for s, _ in self.layer_pairs], hidden_size(model), hidden_size(self.teacher)
             )
@@ -153,11 +159,11 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        self._num_tokens_in_batch: torch.Tensor | None = None
+        self._extra_counts: torch.Tensor | None = None
         if self.teacher is not None:
             self.teacher = self.accelerator.prepare_model(self.teacher, evaluation_mode=True)
         elif teacher_model is not None:
-            logger.warning("teacher_model is ignored: gamma, hidden_weight and attention_weight are all 0.")
+            logger.warning("teacher_model is ignored: every teacher term has weight 0.")
         self._projector_wrapped = None
         if self.projector is not None:
             self.projector.to(self.args.device)
@@ -176,15 +182,16 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
         dtype = resolve_dtype(args.teacher_dtype, student, args.bf16, args.fp16)
         if isinstance(teacher, str):
             teacher = load_pretrained(
-                teacher, self.task, dtype, args.attention_weight > 0, args.teacher_trust_remote_code
+                teacher, self.task, dtype, args.matches_attentions, args.teacher_trust_remote_code
             )
-        teacher_task = infer_task(teacher, "teacher")
-        if teacher_task != self.task:
-            raise ValueError(
-                f"The teacher's task ({teacher_task}) differs from the student's ({self.task}): use a teacher with "
-                "the same kind of head."
-            )
-        self.vocab_size = shared_vocab_size(student, teacher, self.task, tokenizer) if args.gamma > 0 else None
+        if args.gamma > 0:  # logits are compared: same kind of head, same vocabulary
+            teacher_task = infer_task(teacher, "teacher")
+            if teacher_task != self.task:
+                raise ValueError(
+                    f"The teacher's task ({teacher_task}) differs from the student's ({self.task}): use a teacher "
+                    "with the same kind of head."
+                )
+            self.vocab_size = shared_vocab_size(student, teacher, self.task, tokenizer)
         teacher.eval()
         teacher.requires_grad_(False)
         return teacher.to(dtype)
@@ -215,21 +222,30 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
             labels = labels[..., 1:]
         return labels.ne(-100)
 
+    def _batch_counts(self, batch: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+        """Label tokens, attended tokens and domain words of one batch (the normalisers of the terms)."""
+        words = batch.get("word_mask")
+        return torch.stack(
+            [
+                self._label_mask(labels).sum(),
+                _attended(batch).sum(),
+                words.sum() if words is not None else labels.new_zeros(()),
+            ]
+        )
+
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """
-        Count the label tokens (returned, the Trainer's `num_items_in_batch`) and the attended tokens (kept for the
-        hidden and attention terms) of the micro-batches of one optimizer step, summed over processes under
+        Count the label tokens (returned, the Trainer's `num_items_in_batch`), the attended tokens and the domain
+        words (kept for the other terms) of the micro-batches of one optimizer step, summed over processes under
         `average_tokens_across_devices`.
         """
         if not batch_samples or "labels" not in batch_samples[0]:
-            self._num_tokens_in_batch = None
+            self._extra_counts = None
             return None
-        counts = torch.stack(
-            [torch.stack([self._label_mask(b["labels"]).sum(), _attended(b).sum()]).to(device) for b in batch_samples]
-        ).sum(0)
+        counts = torch.stack([self._batch_counts(b, b["labels"]).to(device) for b in batch_samples]).sum(0)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts[None]).sum(0)
-        self._num_tokens_in_batch = counts[1]
+        self._extra_counts = counts[1:]
         return counts[0]
 
     # ---- loss -------------------------------------------------------------------------------------------------
@@ -259,27 +275,35 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
         domain_ids = inputs.pop(DOMAIN_IDS, None)
         if labels is None:
             raise ValueError("DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore).")
+        local_counts = tuple(self._batch_counts(inputs, labels))
+        words = {k: inputs.pop(k) for k in WORD_KEYS if k in inputs}
+        teacher_inputs = inputs
+        if args.dsg_kd:
+            if not words:
+                raise ValueError(
+                    "word_hidden_weight / word_attention_weight > 0 need batches from DSGKDCollator (word_pool, "
+                    "teacher_word_pool, word_mask and the teacher's own teacher_input_ids): use it as data_collator."
+                )
+            teacher_keys = [k for k in inputs if k.startswith(_TEACHER_PREFIX)]
+            teacher_inputs = {k[len(_TEACHER_PREFIX) :]: inputs.pop(k) for k in teacher_keys}
         flags = {}
-        if args.hidden_weight > 0:
+        if args.matches_hidden_states:
             flags["output_hidden_states"] = True
-        if args.attention_weight > 0:
+        if args.matches_attentions:
             flags["output_attentions"] = True
         outputs = model(**inputs, **flags)
         teacher_outputs = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_outputs = self.teacher(**inputs, **flags)
+                teacher_outputs = self.teacher(**teacher_inputs, **flags)
 
-        label_mask = self._label_mask(labels)
-        attended = _attended(inputs)
-        local_counts = (label_mask.sum(), attended.sum())
-        if model.training and num_items_in_batch is not None and self._num_tokens_in_batch is not None:
+        if model.training and num_items_in_batch is not None and self._extra_counts is not None:
             # whole accumulated batch, all processes; DDP averages gradients, so undo its division
-            counts = (num_items_in_batch, self._num_tokens_in_batch)
+            counts = (num_items_in_batch, *self._extra_counts)
             scale = self.accelerator.num_processes if args.average_tokens_across_devices else 1
         else:
             counts, scale = local_counts, 1
-        sums = self._loss_sums(outputs, teacher_outputs, labels, label_mask, attended)
+        sums = self._loss_sums(outputs, teacher_outputs, labels, self._label_mask(labels), _attended(inputs), words)
         weights = args.loss_weights
         loss = scale * sum(weights[k] * v / _count(counts, k) for k, v in sums.items())
 
@@ -293,61 +317,6 @@ class DistillationTrainer(DomainTrainingMixin, Trainer):
             keep = {k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")}
             return loss, type(outputs)(**keep)
         return loss
-
-    def _loss_sums(
-        self,
-        outputs: Any,
-        teacher_outputs: Any,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor,
-        attended: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """Un-normalised sums of each enabled term, keyed by its log name."""
-        args: DistillationConfig = self.args
-        logits = outputs.logits
-        student_logits, teacher_logits = logits, getattr(teacher_outputs, "logits", None)
-        if self.task == "causal_lm":
-            student_logits = logits[:, :-1]
-            teacher_logits = teacher_logits[:, :-1] if teacher_logits is not None else None
-            labels = labels[:, 1:]
-        sums: dict[str, torch.Tensor] = {}
-        if args.alpha_ce > 0:
-            sums["loss_ce"] = cross_entropy_loss(student_logits, labels, args.logit_chunk_size)
-        if args.gamma > 0:
-            vocab = self.vocab_size
-            sums["loss_kd"] = logit_distillation_loss(
-                student_logits[..., :vocab],
-                teacher_logits[..., :vocab],
-                mask=label_mask,
-                divergence=args.divergence,
-                temperature=args.temperature,
-                jsd_beta=args.jsd_beta,
-                chunk_size=args.logit_chunk_size,
-            )
-        if args.hidden_weight > 0:
-            student_layers = [s for s, _ in self.layer_pairs]
-            projected = self._projector_wrapped([outputs.hidden_states[s] for s in student_layers], student_layers)
-            sums["loss_hidden"] = sum(
-                hidden_state_loss(p, teacher_outputs.hidden_states[t], attended, args.hidden_loss)
-                for p, (_, t) in zip(projected, self.layer_pairs, strict=True)
-            ) / len(self.layer_pairs)
-        if args.attention_weight > 0:
-            if not outputs.attentions or not teacher_outputs.attentions:
-                raise RuntimeError(
-                    "attention_weight > 0 but the student or teacher returned no attention maps: load both with "
-                    "attn_implementation='eager'."
-                )
-            sums["loss_attn"] = sum(
-                attention_map_loss(
-                    outputs.attentions[s - 1],
-                    teacher_outputs.attentions[t - 1],
-                    attended,
-                    args.attention_loss,
-                    args.attention_average_heads,
-                )
-                for s, t in self.attention_pairs
-            ) / len(self.attention_pairs)
-        return sums
 
     # ---- logging ----------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from .attention import ATTENTION_LOSSES, attention_map_loss
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
 from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, token_divergence
+from .words import pool_word_states, word_attention_maps
 
 __all__ = [
     "ATTENTION_LOSSES",
@@ -13,5 +14,7 @@ __all__ = [
     "cross_entropy_loss",
     "hidden_state_loss",
     "logit_distillation_loss",
+    "pool_word_states",
     "token_divergence",
+    "word_attention_maps",
 ]

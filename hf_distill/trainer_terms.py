@@ -1,0 +1,131 @@
+"""The distillation terms of `DistillationTrainer.compute_loss`: which loss function runs on which outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from .config import DistillationConfig
+from .losses import (
+    attention_map_loss,
+    cross_entropy_loss,
+    hidden_state_loss,
+    logit_distillation_loss,
+    pool_word_states,
+    word_attention_maps,
+)
+
+WORD_KEYS = ("word_pool", "teacher_word_pool", "word_mask")
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class LossTermsMixin:
+    """
+    Computes the un-normalised sum of every enabled term from the student's and teacher's outputs: task CE, logit
+    divergence, token-level hidden states and attention maps, and DSG-KD's word-level hidden states and attention
+    maps (the same distances, on subwords pooled to domain words). The trainer normalises and weights them.
+    """
+
+    def _loss_sums(
+        self,
+        outputs: Any,
+        teacher_outputs: Any,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor,
+        attended: torch.Tensor,
+        words: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Un-normalised sums of each enabled term, keyed by its log name."""
+        args: DistillationConfig = self.args
+        logits = outputs.logits
+        student_logits, teacher_logits = logits, getattr(teacher_outputs, "logits", None)
+        if self.task == "causal_lm":
+            student_logits = logits[:, :-1]
+            teacher_logits = teacher_logits[:, :-1] if teacher_logits is not None else None
+            labels = labels[:, 1:]
+        sums: dict[str, torch.Tensor] = {}
+        if args.alpha_ce > 0:
+            sums["loss_ce"] = cross_entropy_loss(student_logits, labels, args.logit_chunk_size)
+        if args.gamma > 0:
+            vocab = self.vocab_size
+            sums["loss_kd"] = logit_distillation_loss(
+                student_logits[..., :vocab],
+                teacher_logits[..., :vocab],
+                mask=label_mask,
+                divergence=args.divergence,
+                temperature=args.temperature,
+                jsd_beta=args.jsd_beta,
+                chunk_size=args.logit_chunk_size,
+            )
+        identity = _identity
+        if args.hidden_weight > 0:
+            sums["loss_hidden"] = self._hidden_term(outputs, teacher_outputs, identity, identity, attended)
+        if args.attention_weight > 0:
+            sums["loss_attn"] = self._attention_term(
+                outputs, teacher_outputs, identity, identity, attended, args.attention_loss
+            )
+        if args.dsg_kd:
+            student_pool, teacher_pool, mask = (words[k] for k in WORD_KEYS)
+            if args.word_hidden_weight > 0:
+                sums["loss_word_hidden"] = self._hidden_term(
+                    outputs,
+                    teacher_outputs,
+                    partial(pool_word_states, word_pool=student_pool),
+                    partial(pool_word_states, word_pool=teacher_pool),
+                    mask,
+                )
+            if args.word_attention_weight > 0:
+                sums["loss_word_attn"] = self._attention_term(
+                    outputs,
+                    teacher_outputs,
+                    partial(word_attention_maps, word_pool=student_pool),
+                    partial(word_attention_maps, word_pool=teacher_pool),
+                    mask,
+                    "mse",
+                )
+        return sums
+
+    def _hidden_term(
+        self, outputs: Any, teacher_outputs: Any, student_view: Callable, teacher_view: Callable, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Hidden-state distance summed over `mask`, averaged over the layer pairs; the views pick tokens or words."""
+        student_layers = [s for s, _ in self.layer_pairs]
+        projected = self._projector_wrapped(
+            [student_view(outputs.hidden_states[s]) for s in student_layers], student_layers
+        )
+        return sum(
+            hidden_state_loss(p, teacher_view(teacher_outputs.hidden_states[t]), mask, self.args.hidden_loss)
+            for p, (_, t) in zip(projected, self.layer_pairs, strict=True)
+        ) / len(self.layer_pairs)
+
+    def _attention_term(
+        self,
+        outputs: Any,
+        teacher_outputs: Any,
+        student_view: Callable,
+        teacher_view: Callable,
+        mask: torch.Tensor,
+        loss_type: str,
+    ) -> torch.Tensor:
+        """Attention-map distance summed over the rows in `mask`, averaged over the attention layer pairs."""
+        if not outputs.attentions or not teacher_outputs.attentions:
+            raise RuntimeError(
+                "An attention term is on but the student or teacher returned no attention maps: load both with "
+                "attn_implementation='eager'."
+            )
+        return sum(
+            attention_map_loss(
+                student_view(outputs.attentions[s - 1]),
+                teacher_view(teacher_outputs.attentions[t - 1]),
+                mask,
+                loss_type,
+                self.args.attention_average_heads,
+            )
+            for s, t in self.attention_pairs
+        ) / len(self.attention_pairs)
