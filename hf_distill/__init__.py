@@ -2,15 +2,17 @@
 
 from .alignment import parse_layer_map, resolve_layer_map
 from .config import DistillationConfig
-from .data import DomainCollator, concatenate_domains, split_by_domain
-from .domains import DDKCallback, DomainWeightedSampler, ddk_update, discrepancy_factor
+from .data import DomainCollator, DSGKDCollator, concatenate_domains, split_by_domain
+from .domains import DDKCallback, DomainTermTagger, DomainWeightedSampler, ddk_update, discrepancy_factor
 from .losses import (
     HiddenProjector,
     attention_map_loss,
     cross_entropy_loss,
     hidden_state_loss,
     logit_distillation_loss,
+    pool_word_states,
     token_divergence,
+    word_attention_maps,
 )
 from .trainer import PROJECTOR_NAME, DistillationTrainer
 
@@ -21,7 +23,9 @@ __all__ = [
     "DDKCallback",
     "DistillationConfig",
     "DistillationTrainer",
+    "DSGKDCollator",
     "DomainCollator",
+    "DomainTermTagger",
     "DomainWeightedSampler",
     "HiddenProjector",
     "attention_map_loss",
@@ -32,7 +36,9 @@ __all__ = [
     "hidden_state_loss",
     "logit_distillation_loss",
     "parse_layer_map",
+    "pool_word_states",
     "resolve_layer_map",
     "split_by_domain",
     "token_divergence",
+    "word_attention_maps",
 ]

@@ -94,6 +94,11 @@ class DomainCollator:
         self.ids = {name: i for i, name in enumerate(domain_names)}
         self.class_names = list(class_names) if class_names is not None else None
 
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Dataset columns this collator reads (kept by the trainer through `remove_unused_columns`)."""
+        return (self.domain_column, *getattr(self.collator, "required_columns", ()))
+
     def _id(self, value: Any) -> int:
         name = self.class_names[int(value)] if self.class_names is not None else str(value)
         return self.ids.get(name, -1)

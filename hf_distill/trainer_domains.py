@@ -152,9 +152,11 @@ class DomainTrainingMixin:
     # ---- Trainer hooks ---------------------------------------------------------------------------------------
 
     def _set_signature_columns_if_needed(self) -> None:
+        """Also keep the columns the collator reads (`required_columns`: the domain, DSG-KD's raw text)."""
         super()._set_signature_columns_if_needed()
-        if self.domain_names is not None and self.args.domain_column not in self._signature_columns:
-            self._signature_columns.append(self.args.domain_column)
+        for column in getattr(self.data_collator, "required_columns", ()):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         if self.domain_names is None:

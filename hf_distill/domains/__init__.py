@@ -2,5 +2,14 @@
 
 from .ddk import DDKCallback, ddk_update, discrepancy_factor, parse_domain_weights
 from .sampler import DomainWeightedSampler
+from .terms import DomainTermTagger, dominant_script
 
-__all__ = ["DDKCallback", "DomainWeightedSampler", "ddk_update", "discrepancy_factor", "parse_domain_weights"]
+__all__ = [
+    "DDKCallback",
+    "DomainTermTagger",
+    "DomainWeightedSampler",
+    "ddk_update",
+    "discrepancy_factor",
+    "dominant_script",
+    "parse_domain_weights",
+]
