@@ -277,15 +277,15 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
             raise ValueError("DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore).")
         local_counts = tuple(self._batch_counts(inputs, labels))
         words = {k: inputs.pop(k) for k in WORD_KEYS if k in inputs}
-        teacher_inputs = inputs
-        if args.dsg_kd:
-            if not words:
-                raise ValueError(
-                    "word_hidden_weight / word_attention_weight > 0 need batches from DSGKDCollator (word_pool, "
-                    "teacher_word_pool, word_mask and the teacher's own teacher_input_ids): use it as data_collator."
-                )
-            teacher_keys = [k for k in inputs if k.startswith(_TEACHER_PREFIX)]
-            teacher_inputs = {k[len(_TEACHER_PREFIX) :]: inputs.pop(k) for k in teacher_keys}
+        teacher_keys = [k for k in inputs if k.startswith(_TEACHER_PREFIX)]  # the teacher's own tokenization
+        teacher_inputs = {k[len(_TEACHER_PREFIX) :]: inputs.pop(k) for k in teacher_keys}
+        if not args.dsg_kd:
+            teacher_inputs = inputs
+        elif not words or not teacher_inputs:
+            raise ValueError(
+                "word_hidden_weight / word_attention_weight > 0 need batches from DSGKDCollator (word_pool, "
+                "teacher_word_pool, word_mask and the teacher's own teacher_input_ids): use it as data_collator."
+            )
         flags = {}
         if args.matches_hidden_states:
             flags["output_hidden_states"] = True

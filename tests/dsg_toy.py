@@ -63,3 +63,22 @@ def student_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
+
+
+def train_teacher(model, tokenizer, steps: int = 150, seed: int = 0, lr: float = 3e-3):
+    """Teach the teacher the task (the severity of each term) on its own tokenization; in place."""
+    import torch
+
+    data = notes(512, seed=1000 + seed)
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(len(data), (32,), generator=g).tolist()
+        rows = data.select(pick)
+        batch = tokenizer(list(rows["text"]), padding=True, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor(rows["label"])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()

@@ -246,3 +246,49 @@ def test_batch_without_domain_words_gives_zero_and_finite_gradients(tmp_path, to
     assert torch.isfinite(loss)
     grads = [p.grad for p in [*trainer.model.parameters(), *trainer.projector.parameters()] if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------
+
+
+def test_dsg_kd_moves_word_states_to_the_teacher_and_keeps_the_task_metric(tmp_path, tokenizers):
+    from conftest import make_config, tiny_bert_cls
+    from dsg_toy import notes, train_teacher
+
+    from hf_distill import DistillationTrainer
+    from hf_distill.metrics import classification_metrics
+
+    teacher_tok, student_tok = tokenizers
+    teacher = train_teacher(tiny_bert_cls(hidden=32, layers=4, heads=4, vocab=len(teacher_tok), seed=2, num_labels=2),
+                            teacher_tok)  # fmt: skip
+    train, test = notes(48, seed=7), notes(200, seed=8)
+    teacher_accuracy = (
+        teacher(**teacher_tok(list(test["text"]), padding=True, return_tensors="pt")).logits.argmax(-1).numpy()
+        == test["label"]
+    ).mean()  # fmt: skip
+    assert teacher_accuracy > 0.95  # the teacher knows what the terms mean
+
+    def run(name, **weights):
+        args = make_config(
+            tmp_path / name, max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=50,
+            learning_rate=2e-3, lr_scheduler_type="constant", gamma=0.0, layer_map="1:2,2:4", **weights,
+        )  # fmt: skip
+        trainer = DistillationTrainer(
+            model=tiny_bert_cls(hidden=32, layers=2, heads=2, vocab=len(student_tok), seed=1, num_labels=2),
+            teacher_model=teacher if weights else None,
+            args=args,
+            train_dataset=train,
+            eval_dataset=test,
+            data_collator=DSGKDCollator(student_tok, teacher_tok, max_length=40),
+            compute_metrics=classification_metrics,
+        )
+        before = trainer.evaluate()
+        trainer.train()
+        return before, trainer.evaluate()
+
+    _, plain = run("plain")
+    before, dsg = run("dsg", word_hidden_weight=1.0, word_attention_weight=1.0)
+    assert dsg["eval_loss_word_hidden"] < 0.7 * before["eval_loss_word_hidden"], (before, dsg)  # 1.63 -> 0.73 here
+    assert dsg["eval_loss_word_attn"] < before["eval_loss_word_attn"], (before, dsg)
+    assert dsg["eval_auroc"] >= plain["eval_auroc"], (plain, dsg)  # 0.80 vs 0.72 here
+    assert dsg["eval_f1"] >= plain["eval_f1"], (plain, dsg)

@@ -208,3 +208,19 @@ def test_resume_without_ddk_state_is_a_clear_error(config_factory, tmp_path):
     checkpoint = str(tmp_path / "out" / "checkpoint-2")  # written without DDK
     with pytest.raises(ValueError, match="The checkpoint has no DDK state"):
         _trainer(config_factory(max_steps=4, ddk_update_steps=2), **kwargs).train(resume_from_checkpoint=checkpoint)
+
+
+# ---- DSG-KD ------------------------------------------------------------------------------------------------------
+
+
+def test_dsg_kd_with_token_level_teacher_terms_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"word_hidden_weight=1.0 .* turn on DSG-KD.*set gamma=0 \(now 1.0\)"):
+        make_config(tmp_path, word_hidden_weight=1.0)
+    with pytest.raises(ValueError, match=r"hidden_weight=0 \(now 2.0\)"):
+        make_config(tmp_path, word_attention_weight=1.0, gamma=0.0, hidden_weight=2.0)
+
+
+def test_dsg_kd_without_its_collator_is_a_clear_error(config_factory):
+    trainer = _trainer(config_factory(gamma=0.0, word_hidden_weight=1.0), train_dataset=lm_dataset())
+    with pytest.raises(ValueError, match="need batches from DSGKDCollator"):
+        trainer.train()
