@@ -76,6 +76,10 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
     [`DDKCallback`] re-weights it toward the domains where the student lags the teacher most (DDK), measured on
     `ddk_eval_dataset`. The share of each domain in the training batches is logged as `domain_share/<domain>`.
 
+    DSG-KD: with `args.word_hidden_weight` / `args.word_attention_weight` and batches from [`DSGKDCollator`], the
+    teacher reads its own tokenization (`teacher_input_ids`, ...) and the student matches its hidden states and
+    attention maps on the domain words only (`loss_word_hidden`, `loss_word_attn`, normalised over the domain words).
+
     Args:
         model (`PreTrainedModel` or `str`): The student, or a hub id / local path to load it from (safetensors).
         teacher_model (`PreTrainedModel` or `str`): The teacher, or a hub id / local path (safetensors,
