@@ -292,3 +292,37 @@ def test_dsg_kd_moves_word_states_to_the_teacher_and_keeps_the_task_metric(tmp_p
     assert dsg["eval_loss_word_attn"] < before["eval_loss_word_attn"], (before, dsg)
     assert dsg["eval_auroc"] >= plain["eval_auroc"], (plain, dsg)  # 0.80 vs 0.72 here
     assert dsg["eval_f1"] >= plain["eval_f1"], (plain, dsg)
+
+
+def _one_sgd_step(tmp_path, tokenizers, batch_size, accumulation):
+    from datasets import Dataset
+
+    rows = [
+        {"text": "환자는 pneumonia로 내원함.", "label": 1},
+        {"text": "어제부터 COVID-19 증상으로 sepsis 의심.", "label": 1},
+        {"text": "환자는 어제부터 통증 호소.", "label": 0},
+        {"text": "검사상 rhinitis 소견.", "label": 0},
+        {"text": "보호자와 함께 내원함.", "label": 0},
+        {"text": "응급실에 stroke 및 headache 호소.", "label": 1},
+        {"text": "소견 확인됨.", "label": 0},
+        {"text": "gastritis 증상으로 내원함.", "label": 0},
+    ]
+    trainer = _dsg_trainer(
+        tmp_path / f"{batch_size}x{accumulation}", tokenizers, max_steps=1, optim="sgd", learning_rate=0.5,
+        lr_scheduler_type="constant", max_grad_norm=0.0, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+    )  # fmt: skip
+    trainer.train_dataset = Dataset.from_list(rows)
+    trainer.train()
+    params = {f"s.{k}": v for k, v in trainer.model.state_dict().items()}
+    params.update({f"p.{k}": v for k, v in trainer.projector.state_dict().items()})
+    return params
+
+
+def test_word_terms_are_normalised_over_the_whole_accumulated_batch(tmp_path, tokenizers):
+    # 0, 1 or 2 domain words per note: a per-micro-batch mean would weight the words of each half differently
+    full = _one_sgd_step(tmp_path, tokenizers, 8, 1)
+    for batch_size, accumulation in ((4, 2), (2, 4)):
+        split = _one_sgd_step(tmp_path, tokenizers, batch_size, accumulation)
+        for key, value in full.items():
+            torch.testing.assert_close(split[key], value, atol=1e-5, rtol=1e-5, msg=key)
