@@ -12,6 +12,7 @@ from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
 
 TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOGIT_LOSSES = ("auto", "fused", "logits")
 
 
 @dataclass
@@ -98,6 +99,16 @@ class DistillationConfig(TrainingArguments):
             "memory is about 14 * chunk * vocab * 4 bytes beyond the logits and their gradient."
         },
     )
+    logit_loss: str = field(
+        default="auto",
+        metadata={
+            "help": "How CE and the logit divergence of causal LMs are computed in training: 'fused' from the last "
+            "hidden states and output heads in token chunks (the models return logits for their last position "
+            "only, no [tokens, vocab] logits are held); 'logits' from the models' full logits; 'auto' = 'fused' "
+            "when both models support it (linear head, `logits_to_keep`).",
+            "choices": list(LOGIT_LOSSES),
+        },
+    )
     task: str = field(
         default="auto",
         metadata={
@@ -171,6 +182,7 @@ class DistillationConfig(TrainingArguments):
         self._check_choice("attention_loss", ATTENTION_LOSSES)
         self._check_choice("teacher_dtype", TEACHER_DTYPES)
         self._check_choice("task", TASKS)
+        self._check_choice("logit_loss", LOGIT_LOSSES)
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(
                 f"DistillationConfig.jsd_beta={self.jsd_beta} must be strictly between 0 and 1; for the end points "

@@ -27,6 +27,7 @@ from .modeling import (
     num_layers,
     resolve_dtype,
     shared_vocab_size,
+    supports_fused_logits,
 )
 from .trainer_domains import DomainTrainingMixin
 from .trainer_terms import WORD_KEYS, LossTermsMixin
@@ -153,6 +154,8 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
                 [s for s, _ in self.layer_pairs], hidden_size(model), hidden_size(self.teacher)
             )
 
+        self._fused_logits = self._use_fused_logits(args, model)
+        self._fused_head_checked = False
         super().__init__(model=model, args=args, **kwargs)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise NotImplementedError(
@@ -199,6 +202,23 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
         teacher.eval()
         teacher.requires_grad_(False)
         return teacher.to(dtype)
+
+    def _use_fused_logits(self, args: DistillationConfig, model: nn.Module) -> bool:
+        """Whether CE / KD run fused from hidden states and heads (`logit_loss`); `"fused"` when impossible fails."""
+        if args.logit_loss == "fused" and self.task != "causal_lm":
+            raise ValueError(
+                f"DistillationConfig.logit_loss='fused' works for causal LMs only (task is {self.task}): use 'auto'."
+            )
+        if args.logit_loss == "logits" or self.task != "causal_lm" or not (args.alpha_ce > 0 or args.gamma > 0):
+            return False
+        models = [("student", model)] + ([("teacher", self.teacher)] if args.gamma > 0 else [])
+        missing = [role for role, m in models if not supports_fused_logits(m)]
+        if missing and args.logit_loss == "fused":
+            raise ValueError(
+                f"DistillationConfig.logit_loss='fused' but the {' and '.join(missing)} cannot run it (output head "
+                "not nn.Linear, or forward without `logits_to_keep`): use logit_loss='logits' or 'auto'."
+            )
+        return not missing
 
     def _projector_params(self) -> list[nn.Parameter]:
         return [] if self.projector is None else list(self.projector.parameters())
@@ -290,7 +310,8 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
                 "word_hidden_weight / word_attention_weight > 0 need batches from DSGKDCollator (word_pool, "
                 "teacher_word_pool, word_mask and the teacher's own teacher_input_ids): use it as data_collator."
             )
-        flags = {}
+        fused = self._fused_logits and model.training
+        flags = {"output_hidden_states": True, "logits_to_keep": 1} if fused else {}
         if args.matches_hidden_states:
             flags["output_hidden_states"] = True
         if args.matches_attentions:
@@ -307,7 +328,9 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
             scale = self.accelerator.num_processes if args.average_tokens_across_devices else 1
         else:
             counts, scale = local_counts, 1
-        sums = self._loss_sums(outputs, teacher_outputs, labels, self._label_mask(labels), _attended(inputs), words)
+        sums = self._loss_sums(
+            outputs, teacher_outputs, labels, self._label_mask(labels), _attended(inputs), words, fused
+        )
         weights = args.loss_weights
         loss = scale * sum(weights[k] * v / _count(counts, k) for k, v in sums.items())
 

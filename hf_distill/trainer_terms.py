@@ -10,8 +10,10 @@ import torch
 
 from .config import DistillationConfig
 from .losses import (
+    OutputHead,
     attention_map_loss,
     cross_entropy_loss,
+    fused_logit_terms,
     hidden_state_loss,
     logit_distillation_loss,
     pool_word_states,
@@ -19,6 +21,19 @@ from .losses import (
 )
 
 WORD_KEYS = ("word_pool", "teacher_word_pool", "word_mask")
+
+
+def check_head(head: OutputHead, outputs: Any, role: str) -> None:
+    """Refuse a model whose logits are not `transform(h @ W^T + b)` (the fused loss would silently be wrong)."""
+    with torch.no_grad():
+        rebuilt = head.logits(outputs.hidden_states[-1][:, -1])
+        returned = outputs.logits[:, -1].float()
+    if not torch.allclose(rebuilt, returned, rtol=1e-2, atol=1e-2):
+        raise ValueError(
+            f"The {role}'s logits are not its output head applied to its last hidden state (max difference "
+            f"{(rebuilt - returned).abs().max().item():.3g}), so the fused logit loss cannot be used: set "
+            "DistillationConfig.logit_loss='logits'."
+        )
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -40,29 +55,15 @@ class LossTermsMixin:
         label_mask: torch.Tensor,
         attended: torch.Tensor,
         words: dict[str, torch.Tensor],
+        fused: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Un-normalised sums of each enabled term, keyed by its log name."""
         args: DistillationConfig = self.args
-        logits = outputs.logits
-        student_logits, teacher_logits = logits, getattr(teacher_outputs, "logits", None)
-        if self.task == "causal_lm":
-            student_logits = logits[:, :-1]
-            teacher_logits = teacher_logits[:, :-1] if teacher_logits is not None else None
-            labels = labels[:, 1:]
-        sums: dict[str, torch.Tensor] = {}
-        if args.alpha_ce > 0:
-            sums["loss_ce"] = cross_entropy_loss(student_logits, labels, args.logit_chunk_size)
-        if args.gamma > 0:
-            vocab = self.vocab_size
-            sums["loss_kd"] = logit_distillation_loss(
-                student_logits[..., :vocab],
-                teacher_logits[..., :vocab],
-                mask=label_mask,
-                divergence=args.divergence,
-                temperature=args.temperature,
-                jsd_beta=args.jsd_beta,
-                chunk_size=args.logit_chunk_size,
-            )
+        sums: dict[str, torch.Tensor] = (
+            self._fused_logit_sums(outputs, teacher_outputs, labels, label_mask)
+            if fused
+            else self._logit_sums(outputs, teacher_outputs, labels, label_mask)
+        )
         identity = _identity
         if args.hidden_weight > 0:
             sums["loss_hidden"] = self._hidden_term(outputs, teacher_outputs, identity, identity, attended)
@@ -89,6 +90,62 @@ class LossTermsMixin:
                     mask,
                     "mse",
                 )
+        return sums
+
+    def _logit_sums(
+        self, outputs: Any, teacher_outputs: Any, labels: torch.Tensor, label_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """CE and logit divergence from the materialised logits of both models."""
+        args: DistillationConfig = self.args
+        logits = outputs.logits
+        student_logits, teacher_logits = logits, getattr(teacher_outputs, "logits", None)
+        if self.task == "causal_lm":
+            student_logits = logits[:, :-1]
+            teacher_logits = teacher_logits[:, :-1] if teacher_logits is not None else None
+            labels = labels[:, 1:]
+        sums: dict[str, torch.Tensor] = {}
+        if args.alpha_ce > 0:
+            sums["loss_ce"] = cross_entropy_loss(student_logits, labels, args.logit_chunk_size)
+        if args.gamma > 0:
+            vocab = self.vocab_size
+            sums["loss_kd"] = logit_distillation_loss(
+                student_logits[..., :vocab],
+                teacher_logits[..., :vocab],
+                mask=label_mask,
+                divergence=args.divergence,
+                temperature=args.temperature,
+                jsd_beta=args.jsd_beta,
+                chunk_size=args.logit_chunk_size,
+            )
+        return sums
+
+    def _fused_logit_sums(
+        self, outputs: Any, teacher_outputs: Any, labels: torch.Tensor, label_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """CE and logit divergence of a causal LM from the last hidden states and the heads, in token chunks
+        ([`fused_logit_terms`]): the models ran with `logits_to_keep=1`, so no `[tokens, vocab]` logits exist."""
+        args: DistillationConfig = self.args
+        student_head = OutputHead.of(self.model)
+        hidden = outputs.hidden_states[-1][:, :-1][label_mask]
+        teacher_hidden = teacher_head = None
+        if args.gamma > 0:
+            teacher_hidden = teacher_outputs.hidden_states[-1][:, :-1][label_mask]
+            teacher_head = OutputHead.of(self.accelerator.unwrap_model(self.teacher))
+        if not self._fused_head_checked:  # the heads must be what the models use: check on the kept position
+            check_head(student_head, outputs, "student")
+            if teacher_head is not None:
+                check_head(teacher_head, teacher_outputs, "teacher")
+            self._fused_head_checked = True
+        ce, kd = fused_logit_terms(
+            hidden, student_head, teacher_hidden, teacher_head,
+            labels[:, 1:][label_mask] if args.alpha_ce > 0 else None,
+            args.divergence, args.temperature, args.jsd_beta, self.vocab_size, args.logit_chunk_size,
+        )  # fmt: skip
+        sums = {}
+        if args.alpha_ce > 0:
+            sums["loss_ce"] = ce
+        if args.gamma > 0:
+            sums["loss_kd"] = kd
         return sums
 
     def _hidden_term(

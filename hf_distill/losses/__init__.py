@@ -1,6 +1,7 @@
 """Pure tensor loss functions for distillation; they know nothing of the Trainer."""
 
 from .attention import ATTENTION_LOSSES, attention_map_loss
+from .fused import LogitTransform, OutputHead, fused_logit_terms
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
 from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, token_divergence
 from .words import pool_word_states, word_attention_maps
@@ -10,8 +11,11 @@ __all__ = [
     "DIVERGENCES",
     "HIDDEN_LOSSES",
     "HiddenProjector",
+    "LogitTransform",
+    "OutputHead",
     "attention_map_loss",
     "cross_entropy_loss",
+    "fused_logit_terms",
     "hidden_state_loss",
     "logit_distillation_loss",
     "pool_word_states",
