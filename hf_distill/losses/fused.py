@@ -80,30 +80,33 @@ class _Settings:
     chunk_size: int
 
 
-def _chunk_sums(st: _Settings, s_hidden, s_weight, s_bias, t_hidden, labels) -> torch.Tensor:
-    """`[CE sum, KD sum]` of one chunk of tokens."""
-    s_logits = st.student.logits(s_hidden, s_weight, s_bias)
-    ce = F.cross_entropy(s_logits, labels, reduction="sum", ignore_index=-100) if labels is not None else None
-    kd = None
+def _chunk_sums(st: _Settings, s_raw: torch.Tensor, t_hidden, labels) -> torch.Tensor:
+    """`[CE sum, KD sum]` of one chunk of tokens, from the student's raw head output `h @ W^T + b`."""
+    s_logits = st.student.transform(s_raw.float())
+    zero = s_logits.new_zeros(())
+    ce = F.cross_entropy(s_logits, labels, reduction="sum", ignore_index=-100) if labels is not None else zero
+    kd = zero
     if st.teacher is not None:
         t_logits = st.teacher.logits(t_hidden)
         kd = token_divergence(
             s_logits[:, : st.vocab], t_logits[:, : st.vocab], st.divergence, st.temperature, st.jsd_beta
         ).sum() * (st.temperature**2)
-    zero = s_logits.new_zeros(())
-    return torch.stack([ce if ce is not None else zero, kd if kd is not None else zero])
+    return torch.stack([ce, kd])
+
+
+def _chunks(st: _Settings, s_hidden, t_hidden, labels):
+    for start in range(0, s_hidden.shape[0], st.chunk_size):
+        rows = slice(start, start + st.chunk_size)
+        teacher = None if t_hidden is None else t_hidden[rows]
+        yield rows, s_hidden[rows], teacher, None if labels is None else labels[rows]
 
 
 class _FusedLogitTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, st, s_hidden, s_weight, s_bias, t_hidden, labels):
         total = s_hidden.new_zeros(2, dtype=torch.float32)
-        for start in range(0, s_hidden.shape[0], st.chunk_size):
-            rows = slice(start, start + st.chunk_size)
-            total += _chunk_sums(
-                st, s_hidden[rows], s_weight, s_bias, None if t_hidden is None else t_hidden[rows],
-                None if labels is None else labels[rows],
-            )  # fmt: skip
+        for _, hidden, teacher, targets in _chunks(st, s_hidden, t_hidden, labels):
+            total += _chunk_sums(st, F.linear(hidden, s_weight, s_bias), teacher, targets)
         ctx.st = st
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, labels)
         return total
@@ -111,32 +114,26 @@ class _FusedLogitTerms(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
+        """Recompute each chunk's logits, differentiate the loss w.r.t. them, and chain through the head by hand
+        (`dh = dz W`, `dW += dz^T h`, `db += sum dz`): no per-chunk `vocab x hidden` temporaries."""
         st = ctx.st
         s_hidden, s_weight, s_bias, t_hidden, labels = ctx.saved_tensors
         want = ctx.needs_input_grad
-        grad_hidden = torch.zeros_like(s_hidden) if want[1] else None
-        weight = s_weight.detach().requires_grad_(want[2])
-        bias = s_bias.detach().requires_grad_(want[3]) if s_bias is not None else None
+        grad_hidden = torch.empty_like(s_hidden) if want[1] else None
         grad_weight = torch.zeros_like(s_weight, dtype=torch.float32) if want[2] else None
         grad_bias = torch.zeros_like(s_bias, dtype=torch.float32) if want[3] else None
-        for start in range(0, s_hidden.shape[0], st.chunk_size):
-            rows = slice(start, start + st.chunk_size)
-            hidden = s_hidden[rows].detach().requires_grad_(want[1])
+        weight32 = s_weight.float() if want[1] else None  # one copy at most (none for float32 weights)
+        for rows, hidden, teacher, targets in _chunks(st, s_hidden, t_hidden, labels):
+            raw = F.linear(hidden, s_weight, s_bias).detach().requires_grad_()
             with torch.enable_grad():
-                sums = _chunk_sums(
-                    st, hidden, weight, bias, None if t_hidden is None else t_hidden[rows],
-                    None if labels is None else labels[rows],
-                )  # fmt: skip
-                targets = [t for t, w in ((hidden, want[1]), (weight, want[2]), (bias, want[3])) if w]
-                grads = iter(torch.autograd.grad((sums * grad_output).sum(), targets, allow_unused=True))
+                (grad_raw,) = torch.autograd.grad((_chunk_sums(st, raw, teacher, targets) * grad_output).sum(), raw)
             if want[1]:
-                grad_hidden[rows] = next(grads)
+                grad_hidden[rows] = (grad_raw @ weight32).to(s_hidden.dtype)
             if want[2]:
-                grad_weight += next(grads).float()
+                grad_weight.addmm_(grad_raw.T, hidden.float())
             if want[3]:
-                g = next(grads)
-                if g is not None:
-                    grad_bias += g.float()
+                grad_bias += grad_raw.sum(0)
+            del grad_raw
         cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
         return None, grad_hidden, cast(grad_weight, s_weight), cast(grad_bias, s_bias), None, None
 
