@@ -1,0 +1,27 @@
+"""The benchmark scripts run and print their tables (tiny sizes; figures are not asserted: they are measurements)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_loss_memory_benchmark_prints_its_table():
+    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "loss_memory.py"), "--vocab", "500",
+           "--tokens", "64", "--hidden", "16", "--chunk", "16", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("machine:") and "torch" in lines[0]
+    rows = {line.split()[0] for line in lines[3:]}
+    assert {"naive", "chunked", "fused"} <= rows
+
+
+def test_ddk_overhead_benchmark_prints_its_table():
+    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "ddk_overhead.py"), "--steps", "4",
+           "--update_steps", "2", "--eval_batches", "1", "--batch", "2", "--length", "16"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = proc.stdout.splitlines()[-1].split()
+    assert row[:3] == ["2", "1", "2"] and row[-1].endswith("%")
