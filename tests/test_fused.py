@@ -131,3 +131,24 @@ def test_unknown_head_transform_and_impossible_fused_are_clear_errors(config_fac
     with pytest.raises(ValueError, match="logit_loss='fused' works for causal LMs only"):
         DistillationTrainer(model=tiny_bert_mlm(seed=1), teacher_model=tiny_bert_mlm(seed=2),
                             args=config_factory(logit_loss="fused"))  # fmt: skip
+
+
+def test_fused_terms_under_bf16_autocast_recompute_as_in_forward():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(20, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
+    t_hidden, t_weight, labels = torch.randn(20, 8), torch.randn(30, 8), torch.randint(0, 30, (20,))
+    plain = LogitTransform()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ce, kd = fused_logit_terms(
+            hidden, OutputHead(weight, None, plain), t_hidden, OutputHead(t_weight, None, plain), labels, chunk_size=7
+        )
+    (ce + kd).backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s_logits, t_logits = F.linear(hidden, weight).float(), F.linear(t_hidden, t_weight).float()
+        reference = F.cross_entropy(s_logits, labels, reduction="sum") + token_divergence(s_logits, t_logits).sum()
+    reference.backward()
+    assert (ce + kd).item() == pytest.approx(reference.item(), rel=1e-6)  # same bf16 logits in forward
+    for got, expected in zip(grads, (hidden.grad, weight.grad), strict=True):  # ours chains in float32
+        torch.testing.assert_close(got, expected, rtol=0.02, atol=0.05)

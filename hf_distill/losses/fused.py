@@ -63,10 +63,9 @@ class OutputHead:
             )
         return cls(head.weight, head.bias, LogitTransform.from_config(model.config))
 
-    def logits(self, hidden: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
-        weight = self.weight if weight is None else weight
-        bias = self.bias if bias is None else bias
-        return self.transform(F.linear(hidden, weight, bias).float())
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's float32 logits for `hidden`."""
+        return self.transform(F.linear(hidden, self.weight, self.bias).float())
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,8 @@ class _FusedLogitTerms(torch.autograd.Function):
         for _, hidden, teacher, targets in _chunks(st, s_hidden, t_hidden, labels):
             total += _chunk_sums(st, F.linear(hidden, s_weight, s_bias), teacher, targets)
         ctx.st = st
+        device = s_hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, labels)
         return total
 
@@ -123,10 +124,13 @@ class _FusedLogitTerms(torch.autograd.Function):
         grad_weight = torch.zeros_like(s_weight, dtype=torch.float32) if want[2] else None
         grad_bias = torch.zeros_like(s_bias, dtype=torch.float32) if want[3] else None
         weight32 = s_weight.float() if want[1] else None  # one copy at most (none for float32 weights)
+        device, autocast, dtype = ctx.autocast
         for rows, hidden, teacher, targets in _chunks(st, s_hidden, t_hidden, labels):
-            raw = F.linear(hidden, s_weight, s_bias).detach().requires_grad_()
-            with torch.enable_grad():
+            with torch.autocast(device, dtype=dtype, enabled=autocast):  # recompute as the forward computed
+                raw = F.linear(hidden, s_weight, s_bias).detach().requires_grad_()
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
                 (grad_raw,) = torch.autograd.grad((_chunk_sums(st, raw, teacher, targets) * grad_output).sum(), raw)
+            grad_raw = grad_raw.float()
             if want[1]:
                 grad_hidden[rows] = (grad_raw @ weight32).to(s_hidden.dtype)
             if want[2]:
