@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from datasets import ClassLabel, Dataset, concatenate_datasets
 
+from .alignment import align_word_spans, check_fast_tokenizer
+from .domains.terms import DomainTermTagger
+
 DOMAIN_IDS = "domain_ids"
 
 
@@ -142,9 +145,6 @@ class DSGKDCollator:
         text_column: str = "text",
         label_column: str = "label",
     ):
-        from .alignment import check_fast_tokenizer
-        from .domains.terms import DomainTermTagger
-
         check_fast_tokenizer(tokenizer, "student")
         check_fast_tokenizer(teacher_tokenizer, "teacher")
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
@@ -169,8 +169,6 @@ class DSGKDCollator:
         )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        from .alignment import align_word_spans
-
         if self.text_column not in features[0]:
             raise ValueError(
                 f"DSGKDCollator: the examples have no {self.text_column!r} column (columns: {list(features[0])}): "
