@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -189,8 +190,6 @@ def load_pretrained(
 
 def supports_fused_logits(model: nn.Module) -> bool:
     """Whether a causal LM can feed the fused logit loss: a linear output head and a forward with `logits_to_keep`."""
-    import inspect
-
     model = base_model(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return isinstance(head, nn.Linear) and "logits_to_keep" in inspect.signature(model.forward).parameters

@@ -211,7 +211,8 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
             )
         if args.logit_loss == "logits" or self.task != "causal_lm" or not (args.alpha_ce > 0 or args.gamma > 0):
             return False
-        models = [("student", model)] + ([("teacher", self.teacher)] if args.gamma > 0 else [])
+        # the teacher runs with the student's flags (`logits_to_keep=1`), so it must support them whenever present
+        models = [("student", model)] + ([("teacher", self.teacher)] if self.teacher is not None else [])
         missing = [role for role, m in models if not supports_fused_logits(m)]
         if missing and args.logit_loss == "fused":
             raise ValueError(
