@@ -29,7 +29,9 @@ from .modeling import (
     shared_vocab_size,
     supports_fused_logits,
 )
+from .parallel import prepare_teacher, shards_parameters
 from .trainer_domains import DomainTrainingMixin
+from .trainer_hub import StudentHubMixin
 from .trainer_terms import WORD_KEYS, LossTermsMixin
 
 logger = logging.get_logger(__name__)
@@ -57,7 +59,7 @@ class _ProjectorGradCallback(TrainerCallback):
         self.projector.zero_grad(set_to_none=True)
 
 
-class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
+class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, Trainer):
     """
     A [`~transformers.Trainer`] that trains `model` (the student) against a frozen `teacher_model`.
 
@@ -110,6 +112,7 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
             raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}.")
         if model is None:
             raise ValueError("DistillationTrainer needs a student `model` (a model or a hub id / local path).")
+        self._take_hub_token(args)
         kwargs["train_dataset"] = self._prepare_domains(
             args, kwargs.get("train_dataset"), ddk_eval_dataset, kwargs.get("eval_dataset")
         )
@@ -157,18 +160,14 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
         self._fused_logits = self._use_fused_logits(args, model)
         self._fused_head_checked = False
         super().__init__(model=model, args=args, **kwargs)
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise NotImplementedError(
-                "DistillationTrainer does not support DeepSpeed or FSDP yet (the teacher and projections are not "
-                "sharded); use a single device or DDP."
-            )
+        self._check_sharded_backend()
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
         self._extra_counts: torch.Tensor | None = None
         if self.teacher is not None:
-            self.teacher = self.accelerator.prepare_model(self.teacher, evaluation_mode=True)
+            self.teacher = prepare_teacher(self.teacher, self.accelerator)
         elif teacher_model is not None:
             logger.warning("teacher_model is ignored: every teacher term has weight 0.")
         self._projector_wrapped = None
@@ -220,6 +219,22 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, Trainer):
                 "not nn.Linear, or forward without `logits_to_keep`): use logit_loss='logits' or 'auto'."
             )
         return not missing
+
+    def _check_sharded_backend(self) -> None:
+        """DeepSpeed / FSDP: projections live outside the engine (refused); sharded heads turn fusion off."""
+        if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and self._projector_params():
+            raise ValueError(
+                "Hidden-state matching with learned projections (student and teacher widths differ) is not supported "
+                "under DeepSpeed or FSDP: the projections are not part of the sharded engine. Use DDP, or "
+                "hidden_weight=0 (logit KD, attention maps and DDK work under every backend)."
+            )
+        if self._fused_logits and shards_parameters(self.accelerator):
+            if self.args.logit_loss == "fused":
+                raise ValueError(
+                    "DistillationConfig.logit_loss='fused' reads the output heads' weights, which DeepSpeed ZeRO-3 / "
+                    "FSDP shard: use logit_loss='auto' or 'logits'."
+                )
+            self._fused_logits = False
 
     def _projector_params(self) -> list[nn.Parameter]:
         return [] if self.projector is None else list(self.projector.parameters())

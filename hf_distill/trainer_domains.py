@@ -149,6 +149,80 @@ class DomainTrainingMixin:
         logits = logits[..., : self.vocab_size]
         return cross_entropy_loss(logits, labels, self.args.logit_chunk_size), labels.ne(-100).sum()
 
+    def collate_domain_batches(
+        self, datasets: Mapping[str, Dataset], max_batches: int | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """
+        Collate this process's share of each domain's evaluation examples (the first `max_batches` batches of
+        `per_device_eval_batch_size` per process, or all), domain by domain, with a fixed seed that leaves the
+        training RNG untouched (random collators such as MLM masking).
+        """
+        size, processes = self.args.per_device_eval_batch_size, self.accelerator.num_processes
+        rank = self.accelerator.process_index
+        batches = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.args.seed)
+            for dataset in datasets.values():
+                dataset = self._remove_unused_columns(dataset, description="domain evaluation")
+                take = len(dataset) if max_batches is None else min(len(dataset), max_batches * size * processes)
+                rows = [i for i in range(take) if (i // size) % processes == rank]
+                batches.append(
+                    [self.data_collator([dataset[i] for i in rows[k : k + size]]) for k in range(0, len(rows), size)]
+                )
+        return batches
+
+    @torch.no_grad()
+    def domain_token_losses(
+        self, model: torch.nn.Module, batches: list[list[dict[str, Any]]], names: list[str]
+    ) -> list[float]:
+        """Mean token cross-entropy of `model` on each domain's batches ([`collate_domain_batches`]), summed over
+        all processes in float64."""
+        sums = torch.zeros(len(batches), 2, dtype=torch.float64, device=self.args.device)
+        was_training = model.training
+        model.eval()
+        for i, domain_batches in enumerate(batches):
+            for batch in domain_batches:
+                loss, count = self.token_cross_entropy(model, self._prepare_inputs(batch))
+                sums[i, 0] += loss.double()
+                sums[i, 1] += count
+        model.train(was_training)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        for name, count in zip(names, sums[:, 1].tolist(), strict=True):
+            if count == 0:
+                raise ValueError(f"The evaluation data of domain {name!r} has no label tokens: fix its labels.")
+        return (sums[:, 0] / sums[:, 1]).tolist()
+
+    def evaluate_domains(
+        self,
+        model: torch.nn.Module | None = None,
+        datasets: Mapping[str, Dataset] | None = None,
+        max_batches: int | None = None,
+    ) -> dict[str, float]:
+        """
+        Mean token cross-entropy of a model on each domain's held-out data (`exp` of it is the perplexity).
+
+        Args:
+            model (`torch.nn.Module`, *optional*): The student (default), the teacher or any model with the same
+                inputs.
+            datasets (`Mapping[str, Dataset]`, *optional*): Data per domain (tokenized, with labels); defaults to the
+                DDK validation sets.
+            max_batches (`int`, *optional*): Batches of `per_device_eval_batch_size` per process and domain; all by
+                default.
+
+        Returns:
+            `dict[str, float]`: domain name -> mean token cross-entropy over all processes.
+        """
+        if datasets is None:
+            datasets = getattr(self, "_ddk_eval_sets", None)
+            if datasets is None:
+                raise ValueError("evaluate_domains needs `datasets` (no DDK validation sets to default to).")
+        names = list(datasets)
+        losses = self.domain_token_losses(
+            self.model if model is None else model, self.collate_domain_batches(datasets, max_batches), names
+        )
+        return dict(zip(names, losses, strict=True))
+
     # ---- Trainer hooks ---------------------------------------------------------------------------------------
 
     def _set_signature_columns_if_needed(self) -> None:

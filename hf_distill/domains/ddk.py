@@ -186,44 +186,11 @@ class DDKCallback(TrainerCallback, ExportableState):
         unit = trainer._train_batch_size * trainer.accelerator.num_processes
         return -(-int(position.max()) // unit) * unit
 
-    @torch.no_grad()
     def domain_losses(self, model: torch.nn.Module) -> list[float]:
         """Mean token cross-entropy of `model` on each domain's validation batches, over all processes."""
         trainer = self.trainer
         names = trainer.domain_sampler.domain_names
-        sums = torch.zeros(len(names), 2, dtype=torch.float64, device=trainer.args.device)
-        was_training = model.training
-        model.eval()
-        for i, batches in enumerate(self._validation_batches()):
-            for batch in batches:
-                loss, count = trainer.token_cross_entropy(model, trainer._prepare_inputs(batch))
-                sums[i, 0] += loss.double()
-                sums[i, 1] += count
-        model.train(was_training)
-        if trainer.accelerator.num_processes > 1:
-            sums = trainer.accelerator.reduce(sums, reduction="sum")
-        for name, count in zip(names, sums[:, 1].tolist(), strict=True):
-            if count == 0:
-                raise ValueError(f"The DDK validation data of domain {name!r} has no label tokens: fix its labels.")
-        return (sums[:, 0] / sums[:, 1]).tolist()
-
-    def _validation_batches(self) -> list[list[dict[str, Any]]]:
-        """Collate (once) this process's share of the first `ddk_eval_batches` batches of each domain."""
-        if self._batches is None:
-            trainer, args = self.trainer, self.trainer.args
-            size, processes = args.per_device_eval_batch_size, trainer.accelerator.num_processes
-            rank = trainer.accelerator.process_index
-            self._batches = []
-            with torch.random.fork_rng(devices=[]):  # random collators (MLM masking) must not move training RNG
-                torch.manual_seed(args.seed)
-                for name in trainer.domain_sampler.domain_names:
-                    dataset = trainer._remove_unused_columns(self.eval_datasets[name], description="DDK validation")
-                    take = min(len(dataset), args.ddk_eval_batches * size * processes)
-                    rows = [i for i in range(take) if (i // size) % processes == rank]
-                    self._batches.append(
-                        [
-                            trainer.data_collator([dataset[i] for i in rows[k : k + size]])
-                            for k in range(0, len(rows), size)
-                        ]
-                    )
-        return self._batches
+        if self._batches is None:  # collated once: the first `ddk_eval_batches` batches of each domain
+            datasets = {name: self.eval_datasets[name] for name in names}
+            self._batches = trainer.collate_domain_batches(datasets, trainer.args.ddk_eval_batches)
+        return trainer.domain_token_losses(model, self._batches, names)

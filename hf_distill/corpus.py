@@ -1,0 +1,173 @@
+"""Multi-domain text corpora for the recipes: loading (hub, files, a directory of per-domain files), held-out slices
+and tokenize-and-pack into fixed-length causal LM blocks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from datasets import Dataset, Value, concatenate_datasets, load_dataset
+
+from .data import split_by_domain
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.path.splitext(source)[1] in FILE_BUILDERS or source.count("/") > 1
+
+
+def _load_file(path: str) -> Dataset:
+    builder = FILE_BUILDERS[os.path.splitext(path)[1]]
+    return load_dataset(builder, data_files=path, split="train")
+
+
+def load_domain_corpus(
+    source: str,
+    domain_column: str = "domain",
+    text_column: str = "text",
+    config_name: str | None = None,
+    split: str = "train",
+    data_files: str | list[str] | None = None,
+) -> Dataset:
+    """
+    Load a multi-domain text corpus as one `Dataset` with a text column and a domain column.
+
+    Args:
+        source (`str`):
+            A directory with one file per domain (`<domain>.jsonl|.json|.parquet|.csv`; the domain is the file name),
+            a local file with a `domain_column`, or a hub dataset name with a `domain_column` (a nested field such as
+            `meta.pile_set_name` is flattened).
+        domain_column (`str`): The column holding each example's domain.
+        text_column (`str`): The column holding the text.
+        config_name (`str`, *optional*): Hub dataset configuration.
+        split (`str`): Hub dataset split (slicing such as `train[:10%]` works).
+        data_files (`str` or `list[str]`, *optional*): Restrict a hub dataset to these files (e.g. one shard).
+
+    Returns:
+        `Dataset`: with columns `text_column` and `domain_column` (domain names as strings) only.
+    """
+    expanded = os.path.expanduser(source)
+    if os.path.isdir(expanded):
+        files = sorted(f for f in os.listdir(expanded) if os.path.splitext(f)[1] in FILE_BUILDERS)
+        if not files:
+            raise ValueError(
+                f"dataset_name={source!r} is a directory without data files: put one "
+                f"{'/'.join(FILE_BUILDERS)} file per domain in it."
+            )
+        parts = []
+        for name in files:
+            part = _load_file(os.path.join(expanded, name))
+            _check_column(part, text_column, "text_column", f"{source}/{name}")
+            part = part.select_columns([text_column])
+            parts.append(part.add_column(domain_column, [os.path.splitext(name)[0]] * len(part)))
+        return concatenate_datasets(parts)
+    if os.path.isfile(expanded):
+        if os.path.splitext(expanded)[1] not in FILE_BUILDERS:
+            raise ValueError(f"dataset_name={source!r}: unknown file type; use one of {', '.join(FILE_BUILDERS)}.")
+        dataset = _load_file(expanded)
+    elif _looks_like_path(source):
+        raise FileNotFoundError(
+            f"dataset_name={source!r} does not exist: give an existing directory (one file per domain), a "
+            ".jsonl/.json/.parquet/.csv file, or a hub dataset name."
+        )
+    else:
+        try:
+            dataset = load_dataset(source, config_name, split=split, data_files=data_files)
+        except Exception as error:  # noqa: BLE001 - datasets raises many types; the user needs one line
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"dataset_name={source!r} could not be loaded from the hub: {first_line}") from error
+    if domain_column not in dataset.column_names and "." in domain_column:
+        dataset = dataset.flatten()
+    _check_column(dataset, domain_column, "domain_column", source)
+    _check_column(dataset, text_column, "text_column", source)
+    dataset = dataset.select_columns([text_column, domain_column])
+    if dataset.features[domain_column].dtype != "string":
+        dataset = dataset.cast_column(domain_column, Value("string"))
+    return dataset
+
+
+def _check_column(dataset: Dataset, column: str, field_name: str, source: str) -> None:
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"{field_name}={column!r} is not a column of {source!r} (columns: {', '.join(dataset.column_names)}): "
+            f"set {field_name} to one of them."
+        )
+
+
+def hold_out(
+    dataset: Dataset, size: int, domain_column: str = "domain", seed: int = 0
+) -> tuple[Dataset, dict[str, Dataset]]:
+    """
+    Hold out `size` random examples of every domain.
+
+    Args:
+        dataset (`Dataset`): Examples with a `domain_column`.
+        size (`int`): Examples held out per domain; each domain must keep at least one for training.
+        domain_column (`str`): The domain column.
+        seed (`int`): Seed of the per-domain shuffle.
+
+    Returns:
+        `tuple[Dataset, dict[str, Dataset]]`: the training examples (all domains) and the held-out ones per domain.
+    """
+    if size < 1:
+        raise ValueError(f"validation_size={size} must be at least 1 (examples held out per domain).")
+    train, held_out = [], {}
+    for name, part in split_by_domain(dataset, domain_column).items():
+        if len(part) <= size:
+            raise ValueError(
+                f"Domain {name!r} has {len(part)} examples, not more than validation_size={size}: lower "
+                "validation_size or add data."
+            )
+        part = part.shuffle(seed=seed)
+        held_out[name] = part.select(range(size))
+        train.append(part.select(range(size, len(part))))
+    return concatenate_datasets(train), held_out
+
+
+def pack_texts(
+    dataset: Dataset,
+    tokenizer: Any,
+    block_size: int,
+    text_column: str = "text",
+    domain_column: str | None = "domain",
+    num_proc: int | None = None,
+) -> Dataset:
+    """
+    Tokenize texts (an end-of-sequence token after each) and cut the stream of each domain into `block_size` blocks.
+
+    Blocks never mix domains; texts are read 1,000 at a time and the remainder of each such stream is dropped.
+    Labels are the input ids (the model shifts them).
+
+    Args:
+        dataset (`Dataset`): Texts, with a `domain_column` unless it is `None`.
+        tokenizer: A tokenizer; its `eos_token_id` separates texts when it has one.
+        block_size (`int`): Tokens per block.
+        text_column (`str`): The text column.
+        domain_column (`str`, *optional*): The domain column, kept on the blocks.
+        num_proc (`int`, *optional*): Processes for tokenization (`Dataset.map`).
+
+    Returns:
+        `Dataset`: columns `input_ids`, `attention_mask`, `labels` (and `domain_column`).
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size={block_size} must be at least 2.")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        stream = [token for text in ids for token in (*text, *eos)]
+        cut = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+        return {"input_ids": cut, "attention_mask": [[1] * block_size for _ in cut], "labels": [list(b) for b in cut]}
+
+    parts = split_by_domain(dataset, domain_column) if domain_column is not None else {None: dataset}
+    packed = []
+    for name, part in parts.items():
+        part = part.map(blocks, batched=True, batch_size=1000, remove_columns=part.column_names, num_proc=num_proc)
+        if len(part) == 0:
+            where = f"domain {name!r}" if name is not None else "the dataset"
+            raise ValueError(f"{where} has fewer than block_size={block_size} tokens: lower block_size or add data.")
+        if domain_column is not None:
+            part = part.add_column(domain_column, [name] * len(part))
+        packed.append(part)
+    return concatenate_datasets(packed)

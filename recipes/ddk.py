@@ -1,0 +1,240 @@
+"""DDK distillation of a causal LM on a multi-domain corpus: the main job of hf_distill.
+
+    accelerate launch recipes/ddk.py                                             # embedded demo, CPU, offline
+    accelerate launch recipes/ddk.py --max_steps 100 --ddk_update_steps 20       # command line overrides
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/ddk.py \\
+        --config recipes/configs/qwen2.5-1.5b-to-0.5b-ddk.yaml
+
+Arguments are the fields of `ScriptArguments` below and of `hf_distill.DistillationConfig` (every
+`TrainingArguments` field included), read from a YAML file (`--config`, default `recipes/configs/demo.yaml`) and
+overridden on the command line. The recipe loads teacher and student, loads the corpus (hub name with a domain
+column, a local JSON/Parquet/CSV file, or a directory with one file per domain), holds out `validation_size` texts
+per domain, tokenizes and packs, trains with DDK, prints the per-domain perplexity of the teacher, the student
+before and the student after, plots the DDK domain weights over the steps, saves the student (safetensors and
+tokenizer) and, with `--push_to_hub`, pushes it with a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+
+from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill.cli import RecipeError, parse_recipe_args
+from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "recipes", "configs", "demo.yaml")
+
+
+@dataclass
+class ScriptArguments:
+    """Models and data of the DDK recipe (training and distillation settings are `DistillationConfig` fields)."""
+
+    teacher_model: str | None = field(default=None, metadata={"help": "Teacher: hub name or local path."})
+    student_model: str | None = field(default=None, metadata={"help": "Student: hub name or local path."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Corpus: a directory with one file per domain, a local .jsonl/.json/.parquet/.csv file with the "
+            "domain column, or a hub dataset name with the domain column."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_split: str = field(default="train", metadata={"help": "Hub dataset split (e.g. 'train[:5%]')."})
+    data_files: str | None = field(default=None, metadata={"help": "Only these files of a hub dataset."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the text."})
+    block_size: int = field(default=512, metadata={"help": "Tokens per packed training block."})
+    validation_size: int = field(
+        default=64, metadata={"help": "Texts held out per domain for DDK and for the perplexity table."}
+    )
+    max_eval_batches: int | None = field(
+        default=None, metadata={"help": "Batches per domain for the perplexity table (all held-out blocks if unset)."}
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager'."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+    plot: bool = field(default=True, metadata={"help": "Save ddk_weights.png (needs matplotlib)."})
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def _local(path: str | None) -> str | None:
+    """A relative path that does not exist from here but does from the repository root is taken from there."""
+    if path and not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
+        return os.path.join(REPO, path)
+    return path
+
+
+def _load_causal_lm(name: str, role: str, script: ScriptArguments, dtype: torch.dtype) -> torch.nn.Module:
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name,
+            dtype=dtype,
+            attn_implementation=script.attn_implementation,
+            trust_remote_code=script.trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise RecipeError(f"{role}_model={name!r} could not be loaded: {message}") from error
+
+
+def _check_tokenizers(script: ScriptArguments, student_tokenizer: Any) -> None:
+    """Logit KD and DDK compare the two models token by token: the teacher must use the student's vocabulary."""
+    try:
+        teacher_tokenizer = AutoTokenizer.from_pretrained(script.teacher_model)
+    except (OSError, ValueError):
+        return  # no tokenizer next to the teacher: the trainer still checks the vocabulary sizes
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        differ = len(set(teacher_vocab.items()) ^ set(student_vocab.items()))
+        raise RecipeError(
+            f"teacher_model={script.teacher_model!r} and student_model={script.student_model!r} have different "
+            f"vocabularies ({len(teacher_vocab)} vs {len(student_vocab)} tokens, {differ} entries differ): logit KD "
+            "and DDK need one tokenizer; use a teacher of the student's family."
+        )
+
+
+def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArguments, dict[str, Any]]:
+    """Everything before training: arguments, data, models and the trainer. Bad input raises [`RecipeError`]."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        argv = ["--use_cpu", "true", *argv]  # e.g. accelerate_configs/cpu.yaml: several processes on CPU (gloo)
+    script, args = parse_recipe_args((ScriptArguments, DistillationConfig), argv, DEFAULT_CONFIG)
+    for name in ("teacher_model", "student_model", "dataset_name"):
+        if getattr(script, name) is None:
+            raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
+        setattr(script, name, _local(getattr(script, name)))
+    if args.ddk_update_steps is None:
+        raise RecipeError("ddk_update_steps is not set: this recipe trains with DDK (e.g. --ddk_update_steps 100).")
+
+    try:
+        corpus = load_domain_corpus(
+            script.dataset_name,
+            args.domain_column,
+            script.text_column,
+            script.dataset_config,
+            script.dataset_split,
+            script.data_files,
+        )
+        train_texts, held_out = hold_out(corpus, script.validation_size, args.domain_column, args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise RecipeError(str(error)) from error
+    tokenizer = AutoTokenizer.from_pretrained(script.student_model, trust_remote_code=script.trust_remote_code)
+    _check_tokenizers(script, tokenizer)
+    with args.main_process_first(desc="tokenize and pack"):
+        try:
+            train = pack_texts(train_texts, tokenizer, script.block_size, script.text_column, args.domain_column)
+            validation = {
+                name: pack_texts(texts, tokenizer, script.block_size, script.text_column, None)
+                for name, texts in held_out.items()
+            }
+        except ValueError as error:
+            raise RecipeError(str(error)) from error
+
+    compute_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    student = _load_causal_lm(script.student_model, "student", script, torch.float32)
+    teacher = _load_causal_lm(script.teacher_model, "teacher", script, compute_dtype)
+    try:
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=train,
+            ddk_eval_dataset=validation,
+            processing_class=tokenizer,
+            data_collator=default_data_collator,
+        )
+    except ValueError as error:
+        raise RecipeError(" ".join(str(error).split())) from error
+    return trainer, script, {"validation": validation, "corpus": corpus}
+
+
+def perplexity_table(results: dict[str, dict[str, float]], weights: dict[str, float]) -> str:
+    """The per-domain table: perplexity of teacher, student before and after, and the final DDK weight."""
+    columns = list(results)
+    lines = [f"{'domain':<14}" + "".join(f"{c:>16}" for c in columns) + f"{'DDK weight':>12}"]
+    for domain in weights:
+        cells = "".join(f"{math.exp(results[c][domain]):>16.3f}" for c in columns)
+        lines.append(f"{domain:<14}{cells}{weights[domain]:>12.3f}")
+    return "\n".join(lines)
+
+
+def weight_history(trainer: DistillationTrainer) -> tuple[list[int], dict[str, list[float]]]:
+    """DDK's domain weights at step 0 and after every update."""
+    names = trainer.domain_sampler.domain_names
+    steps = [0] + [update["step"] for update in trainer.ddk_callback.updates]
+    rows = [trainer.domain_sampler.history[0][1]] + [update["weights"] for update in trainer.ddk_callback.updates]
+    return steps, {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def plot_weights(steps: list[int], weights: dict[str, list[float]], path: str) -> None:
+    """Save a step plot of the domain weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in weights.items():
+        ax.step(steps, values, where="post", label=name, marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("sampling weight")
+    ax.set_title("DDK domain weights")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    try:
+        trainer, script, data = build(argv)
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args, validation = trainer.args, data["validation"]
+
+    results = {
+        "teacher": trainer.evaluate_domains(trainer.teacher, validation, script.max_eval_batches),
+        "student-before": trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches),
+    }
+    trainer.train()
+    results["student-after"] = trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches)
+    steps, history = weight_history(trainer)
+    final = {name: values[-1] for name, values in history.items()}
+    summary = {"loss": results, "perplexity": {k: {d: math.exp(v) for d, v in r.items()} for k, r in results.items()}}
+    summary.update({"ddk_steps": steps, "ddk_weights": history})
+
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        print("\nPer-domain perplexity on the held-out texts\n" + perplexity_table(results, final))
+        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        if script.plot:
+            plot_weights(steps, history, os.path.join(args.output_dir, "ddk_weights.png"))
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script.dataset_name, results=results, teacher_name=script.teacher_model)
+    if trainer.is_world_process_zero():
+        where = os.path.abspath(args.output_dir)
+        better = sum(results["student-after"][d] < results["student-before"][d] for d in final)
+        pushed = f", pushed to {trainer.hub_model_id}" if args.push_to_hub else ""
+        print(
+            f"Done: student saved to {where} (safetensors + tokenizer; results.json, ddk_weights.png){pushed}; "
+            f"perplexity improved on {better}/{len(final)} domains; {trainer.accelerator.num_processes} process(es)."
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main()
