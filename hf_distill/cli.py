@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -49,17 +49,21 @@ def read_yaml_config(path: str) -> dict[str, Any]:
 
 
 def parse_recipe_args(
-    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, default_config: str | None = None
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    default_config: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """
-    Parse recipe arguments: values of a YAML config (`--config PATH`, else `default_config`) are the defaults, the
-    command line overrides them.
+    Parse recipe arguments. Precedence, lowest first: the dataclasses' defaults, the recipe's `defaults`, a YAML
+    config (`--config PATH`, else `default_config`), the command line.
 
     Args:
         dataclass_types (`Sequence[type]`): The argument dataclasses (e.g. script arguments and
             [`DistillationConfig`]).
         argv (`Sequence[str]`, *optional*): The arguments; `sys.argv[1:]` by default.
         default_config (`str`, *optional*): The YAML config used when `--config` is not given.
+        defaults (`Mapping[str, Any]`, *optional*): Recipe-specific defaults of some fields.
 
     Returns:
         `tuple`: one instance of each dataclass.
@@ -68,11 +72,13 @@ def parse_recipe_args(
         [`RecipeError`]: a missing or malformed config file, or a YAML key that is not a field of any dataclass.
     """
     parser = HfArgumentParser(dataclass_types)
+    actions = {action.dest: action for action in parser._actions}
+    if defaults:
+        parser.set_defaults(**defaults)
     path, args = _pop_config(list(sys.argv[1:] if argv is None else argv))
     path = path or default_config
     if path is not None:
         config = read_yaml_config(path)
-        actions = {action.dest: action for action in parser._actions}
         unknown = [key for key in config if key not in actions or key == "help"]
         if unknown:
             fields = " or ".join(t.__name__ for t in dataclass_types)

@@ -110,7 +110,10 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
     argv = list(sys.argv[1:] if argv is None else argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
         argv = ["--use_cpu", "true", *argv]  # e.g. accelerate_configs/cpu.yaml: several processes on CPU (gloo)
-    script, args = parse_recipe_args((ScriptArguments, DistillationConfig), argv, DEFAULT_CONFIG)
+    try:
+        script, args = parse_recipe_args((ScriptArguments, DistillationConfig), argv, DEFAULT_CONFIG)
+    except ValueError as error:  # RecipeError, or a DistillationConfig / TrainingArguments check
+        raise RecipeError(" ".join(str(error).split())) from error
     for name in ("teacher_model", "student_model", "dataset_name"):
         if getattr(script, name) is None:
             raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
@@ -216,15 +219,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {"loss": results, "perplexity": {k: {d: math.exp(v) for d, v in r.items()} for k, r in results.items()}}
     summary.update({"ddk_steps": steps, "ddk_weights": history})
 
-    trainer.save_model(args.output_dir)
+    trainer.model_card_info.update(
+        dataset_name=script.dataset_name, results=results, teacher_name=script.teacher_model
+    )
+    trainer.save_model(args.output_dir)  # with --push_to_hub, also pushes the student with its card (Trainer-native)
     if trainer.is_world_process_zero():
         print("\nPer-domain perplexity on the held-out texts\n" + perplexity_table(results, final))
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
         if script.plot:
             plot_weights(steps, history, os.path.join(args.output_dir, "ddk_weights.png"))
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script.dataset_name, results=results, teacher_name=script.teacher_model)
     if trainer.is_world_process_zero():
         where = os.path.abspath(args.output_dir)
         better = sum(results["student-after"][d] < results["student-before"][d] for d in final)

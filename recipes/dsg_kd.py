@@ -4,6 +4,7 @@ states and attention maps on domain-knowledge words, across two tokenizers; comp
     python recipes/dsg_kd.py --student klue/bert-base --teacher madatnlp/km-bert \
         --dataset data/ --text_column text --label_column label --output_dir out/dsg-kd
     accelerate launch recipes/dsg_kd.py ...     # same, on every configured device
+    accelerate launch recipes/dsg_kd.py --config recipes/configs/bert-dsg-kd.yaml   # values from YAML, CLI wins
 
 `--dataset` is a hub dataset name, a local JSON / JSON Lines / CSV / Parquet file, or a directory holding
 `train.*` and `test.*` (or `validation.*`) files. Without an evaluation split, 10% of the training set is held out.
@@ -22,13 +23,14 @@ import sys
 from dataclasses import dataclass, field
 
 from datasets import DatasetDict, load_dataset
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_distill import DistillationConfig, DistillationTrainer, DomainTermTagger, DSGKDCollator
+from hf_distill.cli import parse_recipe_args
 from hf_distill.metrics import classification_metrics
 
-# DSG-KD's defaults; anything given on the command line wins (argparse keeps the last value)
-DEFAULTS = ["--gamma", "0", "--word_hidden_weight", "1", "--word_attention_weight", "1", "--report_to", "none"]
+# DSG-KD's defaults; a --config YAML and the command line override them
+DEFAULTS = {"gamma": 0.0, "word_hidden_weight": 1.0, "word_attention_weight": 1.0, "report_to": "none"}
 _FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -73,8 +75,10 @@ def load_splits(path: str, seed: int) -> tuple:
 
 
 def main(argv: list[str]) -> None:
-    parser = HfArgumentParser((DSGKDArguments, DistillationConfig))
-    script, args = parser.parse_args_into_dataclasses(args=DEFAULTS + argv)
+    try:
+        script, args = parse_recipe_args((DSGKDArguments, DistillationConfig), argv, defaults=DEFAULTS)
+    except ValueError as error:  # RecipeError, or a DistillationConfig check
+        raise SystemExit(f"error: {' '.join(str(error).split())}") from None
     train, evaluation = load_splits(script.dataset, args.seed)
     for column in (script.text_column, script.label_column):
         if column not in train.column_names:

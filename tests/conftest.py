@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the demo toys (DSG-KD notes and tokenizers) live with the demo assets, shared by tests and notebooks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "demo"))
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 import pytest

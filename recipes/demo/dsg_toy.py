@@ -1,5 +1,6 @@
-"""DSG-KD toy: Korean-like notes with one English medical term whose severity is the label, and two different
-tokenizers trained offline on them (a lower-casing WordPiece for the teacher, a small BPE for the student)."""
+"""DSG-KD toy (tests and the DSG-KD notebook): Korean-like notes with one English medical term whose severity is the
+label, and two different tokenizers trained offline on them (a lower-casing WordPiece for the teacher, a small BPE
+for the student)."""
 
 from __future__ import annotations
 

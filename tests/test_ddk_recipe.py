@@ -1,0 +1,151 @@
+"""recipes/ddk.py: the README's main command on the embedded demo, the cpu accelerate config with 2 processes, and
+one-line errors for bad input before training."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_distill import PROJECTOR_NAME
+from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "ddk.py"
+DEMO = ROOT / "recipes" / "demo"
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+}
+
+sys.path.insert(0, str(ROOT / "recipes"))
+import ddk  # noqa: E402
+
+
+def _launch(args, timeout=600):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def _naive_losses(model_dir, validation_size=48, seed=0):
+    """Mean token cross-entropy per domain of a saved model on the recipe's held-out texts, by a plain loop over
+    the blocks with the model's own loss (an independent reference for the recipe's table)."""
+    corpus = load_domain_corpus(str(DEMO / "corpus"))
+    _, held_out = hold_out(corpus, validation_size, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    losses = {}
+    for name, texts in held_out.items():
+        blocks = pack_texts(texts, tokenizer, 128, domain_column=None)
+        with torch.no_grad():
+            values = [model(input_ids=torch.tensor([b]), labels=torch.tensor([b])).loss for b in blocks["input_ids"]]
+        losses[name] = float(torch.stack(values).mean())  # equal-length blocks: the mean of means is the token mean
+    return losses
+
+
+@pytest.mark.slow
+def test_demo_default_runs_offline_prints_the_table_and_favours_the_lagging_domains(tmp_path):
+    """Acceptance 1: README's first command (`accelerate launch recipes/ddk.py`) on the embedded default."""
+    out = tmp_path / "demo"
+    proc = _launch(["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
+                    "no", str(RECIPE), "--output_dir", str(out), "--disable_tqdm", "true"])  # fmt: skip
+    assert "Per-domain perplexity on the held-out texts" in proc.stdout
+    assert f"Done: student saved to {out}" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    before, after, teacher = (results["loss"][k] for k in ("student-before", "student-after", "teacher"))
+    assert set(after) == {"arithmetic", "code", "dna", "prose"}
+    for domain in after:
+        assert after[domain] < before[domain], domain
+        assert f"{math.exp(after[domain]):.3f}" in proc.stdout
+    # the table's student-after column matches a plain loop over the saved student
+    reference = _naive_losses(str(out))
+    for domain, value in reference.items():
+        assert after[domain] == pytest.approx(value, rel=1e-4), domain
+    # DDK favours where the student lagged the teacher: the two domains with the largest before/teacher gap end with
+    # more weight than each of the two others
+    gap = sorted(after, key=lambda d: before[d] - teacher[d], reverse=True)
+    final = {d: values[-1] for d, values in results["ddk_weights"].items()}
+    assert min(final[d] for d in gap[:2]) > max(final[d] for d in gap[2:]), (gap, final)
+    assert results["ddk_steps"] == list(range(0, 321, 40)) and all(
+        v[0] == 0.25 for v in results["ddk_weights"].values()
+    )
+    assert (out / "ddk_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "lm_head.weight" in load_file(str(out / "model.safetensors")) and (out / "tokenizer.json").is_file()
+    assert not (out / PROJECTOR_NAME).exists()
+
+
+@pytest.mark.slow
+def test_cpu_accelerate_config_runs_the_recipe_on_two_processes(tmp_path):
+    """Acceptance 2: recipes/accelerate_configs/cpu.yaml, reduced steps."""
+    out = tmp_path / "ddp"
+    config = ROOT / "recipes" / "accelerate_configs" / "cpu.yaml"
+    proc = _launch(["--config_file", str(config), "--main_process_port", "29531", str(RECIPE), "--output_dir",
+                    str(out), "--max_steps", "12", "--ddk_update_steps", "6", "--disable_tqdm", "true"])  # fmt: skip
+    assert proc.stdout.count("Done: student saved") == 1 and "2 process(es)" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["ddk_steps"] == [0, 6, 12]
+    # the table is computed over both processes' shares of the held-out blocks: it equals the single-process loop
+    reference = _naive_losses(str(out))
+    for domain, value in reference.items():
+        assert results["loss"]["student-after"][domain] == pytest.approx(value, rel=1e-4), domain
+
+
+# ---- bad input: one line on stderr, exit 2, nothing trained -----------------------------------------------------
+
+
+def _bad(capsys, tmp_path, *args):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        ddk.main(["--output_dir", str(out), "--max_steps", "2", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress bars of datasets may come first
+    errors = [line for line in err if "error" in line.lower()]
+    assert errors == [err[-1]] and err[-1].startswith("error: "), err
+    assert not (out / "model.safetensors").exists()
+    return err[-1]
+
+
+def test_missing_dataset_path_is_one_line(capsys, tmp_path):
+    line = _bad(capsys, tmp_path, "--dataset_name", str(tmp_path / "nowhere"))
+    assert "dataset_name=" in line and "nowhere" in line and "does not exist" in line
+
+
+def test_unknown_domain_column_is_one_line(capsys, tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}", "source": "a"}) + "\n" for i in range(10)))
+    line = _bad(capsys, tmp_path, "--dataset_name", str(data), "--domain_column", "topic")
+    assert "domain_column='topic'" in line and "source" in line
+
+
+def test_teacher_student_vocabulary_mismatch_is_one_line(capsys, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(DEMO / "teacher", teacher)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    tokenizer.add_tokens(["<extra_token>"])
+    tokenizer.save_pretrained(teacher)
+    line = _bad(capsys, tmp_path, "--teacher_model", str(teacher))
+    assert "different vocabularies" in line and "385 vs 384" in line
+
+
+def test_yaml_key_that_is_not_a_field_is_one_line(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset_name: recipes/demo/corpus\nlearning_rat: 0.001\n")
+    line = _bad(capsys, tmp_path, "--config", str(config))
+    assert "'learning_rat' is not a field" in line and str(config) in line
+
+
+def test_invalid_distillation_value_is_one_line(capsys, tmp_path):
+    line = _bad(capsys, tmp_path, "--ddk_alpha", "1.5")
+    assert "ddk_alpha" in line and "1.5" in line
