@@ -1,0 +1,84 @@
+"""Multi-domain corpus loading, held-out slices and packing (hf_distill.corpus) against plain-Python references."""
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(DEMO / "student")
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_directory_with_one_file_per_domain(tmp_path):
+    _jsonl(tmp_path / "law.jsonl", [{"text": f"law {i}", "id": i} for i in range(3)])
+    _jsonl(tmp_path / "med.jsonl", [{"text": f"med {i}"} for i in range(2)])
+    (tmp_path / "notes.txt").write_text("ignored: not a data file")
+    corpus = load_domain_corpus(str(tmp_path))
+    assert corpus.column_names == ["text", "domain"]
+    assert list(zip(corpus["domain"], corpus["text"], strict=True)) == [
+        ("law", "law 0"), ("law", "law 1"), ("law", "law 2"), ("med", "med 0"), ("med", "med 1"),
+    ]  # fmt: skip
+
+
+def test_file_with_a_domain_column_nested_or_not(tmp_path):
+    _jsonl(tmp_path / "a.jsonl", [{"body": "x", "source": 3}, {"body": "y", "source": 4}])
+    corpus = load_domain_corpus(str(tmp_path / "a.jsonl"), domain_column="source", text_column="body")
+    assert corpus["source"] == ["3", "4"] and corpus["body"] == ["x", "y"]  # ids become names
+    _jsonl(tmp_path / "b.jsonl", [{"text": "x", "meta": {"set": "web"}}, {"text": "y", "meta": {"set": "code"}}])
+    corpus = load_domain_corpus(str(tmp_path / "b.jsonl"), domain_column="meta.set")
+    assert corpus["meta.set"] == ["web", "code"]
+
+
+def test_loading_errors_name_the_field_and_value(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dataset_name='\./missing/dir' does not exist"):
+        load_domain_corpus("./missing/dir")
+    _jsonl(tmp_path / "a.jsonl", [{"text": "x", "source": "a"}])
+    with pytest.raises(ValueError, match=r"domain_column='topic' is not a column .*columns: text, source"):
+        load_domain_corpus(str(tmp_path / "a.jsonl"), domain_column="topic")
+    with pytest.raises(ValueError, match=r"text_column='body'"):
+        load_domain_corpus(str(tmp_path / "a.jsonl"), domain_column="source", text_column="body")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="directory without data files"):
+        load_domain_corpus(str(tmp_path / "empty"))
+
+
+def test_hold_out_is_disjoint_per_domain_and_reproducible():
+    data = Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "domain": ["a"] * 10 + ["b"] * 20})
+    train, held = hold_out(data, 4, seed=3)
+    assert sorted(held) == ["a", "b"] and all(len(part) == 4 for part in held.values())
+    for name, part in held.items():
+        train_texts = {t for t, d in zip(train["text"], train["domain"], strict=True) if d == name}
+        assert not train_texts & set(part["text"])
+        assert len(train_texts) + 4 == (10 if name == "a" else 20)
+    assert hold_out(data, 4, seed=3)[1]["b"]["text"] == held["b"]["text"] != hold_out(data, 4, seed=4)[1]["b"]["text"]
+    with pytest.raises(ValueError, match="Domain 'a' has 10 examples, not more than validation_size=10"):
+        hold_out(data, 10)
+
+
+def test_pack_texts_matches_a_plain_loop(tokenizer):
+    texts = {"a": [f"alpha {i} " * (i % 5 + 1) for i in range(40)], "b": ["beta gamma delta"] * 25}
+    data = Dataset.from_dict({"text": texts["a"] + texts["b"], "domain": ["a"] * 40 + ["b"] * 25})
+    packed = pack_texts(data, tokenizer, block_size=16)
+    eos = tokenizer.eos_token_id
+    expected = []
+    for name, domain_texts in texts.items():  # one stream per domain, cut into whole blocks
+        stream = []
+        for text in domain_texts:
+            stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        expected += [(name, stream[i : i + 16]) for i in range(0, len(stream) - 15, 16)]
+    assert list(zip(packed["domain"], packed["input_ids"], strict=True)) == expected
+    assert packed["labels"] == packed["input_ids"] and all(sum(m) == 16 for m in packed["attention_mask"])
+    with pytest.raises(ValueError, match="domain 'a' has fewer than block_size=4096 tokens"):
+        pack_texts(data, tokenizer, block_size=4096)
