@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from .alignment import attention_layer_pairs, resolve_layer_map
@@ -200,7 +201,8 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
             self.vocab_size = shared_vocab_size(student, teacher, self.task, tokenizer)
         teacher.eval()
         teacher.requires_grad_(False)
-        return teacher.to(dtype)
+        # ZeRO-3 partitions parameters at load time: the inference engine casts them (bf16/fp16 of the config)
+        return teacher if is_deepspeed_zero3_enabled() else teacher.to(dtype)
 
     def _use_fused_logits(self, args: DistillationConfig, model: nn.Module) -> bool:
         """Whether CE / KD run fused from hidden states and heads (`logit_loss`); `"fused"` when impossible fails."""

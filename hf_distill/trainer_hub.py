@@ -41,7 +41,13 @@ class StudentHubMixin:
             "by save_model() / push_to_hub() at the end."
         )
 
-    def create_model_card(self, **kwargs: Any) -> Any:
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write the distillation card to `output_dir/README.md` (main process); see [`model_card`]."""
+        card = self.model_card(**kwargs)
+        if self.is_world_process_zero():
+            card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def model_card(self, **kwargs: Any) -> Any:
         """The distillation card (`huggingface_hub.ModelCard`); keyword arguments update `model_card_info`
         (`dataset_name`, `results`, `teacher_name`, `tags`, `model_name`)."""
         self.model_card_info.update(kwargs)
@@ -103,7 +109,7 @@ class StudentHubMixin:
         if not self.is_world_process_zero():
             return None
         try:
-            self.create_model_card(**kwargs).save(os.path.join(staging, "README.md"))
+            self.model_card(**kwargs).save(os.path.join(staging, "README.md"))
             message, revision = commit_message or "End of training", revision or self.args.hub_revision
             return upload_student(staging, self.hub_model_id, token, message, revision)
         finally:

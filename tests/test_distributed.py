@@ -62,3 +62,18 @@ def test_ddk_two_processes_share_weights_and_split_one_stream(tmp_path):
     for step, (a, b) in enumerate(zip(rank0["steps"], rank1["steps"], strict=True)):
         assert not set(a) & set(b), step
         assert a + b == stream[8 * step : 8 * step + 8], step
+
+
+@pytest.mark.slow
+def test_fsdp2_teacher_is_sharded_per_block_in_eval_mode_and_computes_the_same_logits(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).parent / "scripts" / "fsdp_teacher.py"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+          str(script), str(tmp_path)], env)  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    for result in ranks:
+        assert result["max_abs_diff"] < 1e-5  # same logits as the unsharded teacher
+        assert result["all_dtensor"] and result["root_sharded"] and result["layers_sharded"] == [True, True]
+        assert result["local_numel"] < 0.6 * result["full_numel"]  # a shard, not a copy
+        assert not result["training"]
+    assert sum(r["local_numel"] for r in ranks) == ranks[0]["full_numel"]
