@@ -25,11 +25,14 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.utils import logging
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.cli import RecipeError, parse_recipe_args
 from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
 
+logger = logging.get_logger("recipes.ddk")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "recipes", "configs", "demo.yaml")
 
@@ -208,10 +211,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
     args, validation = trainer.args, data["validation"]
 
-    results = {
-        "teacher": trainer.evaluate_domains(trainer.teacher, validation, script.max_eval_batches),
-        "student-before": trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches),
-    }
+    results = {"teacher": trainer.evaluate_domains(trainer.teacher, validation, script.max_eval_batches)}
+    if is_deepspeed_zero3_enabled():  # the student is partitioned at load and only usable inside its engine
+        logger.warning("student-before is not measured under DeepSpeed ZeRO-3 (the student is not wrapped yet).")
+    else:
+        results["student-before"] = trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches)
     trainer.train()
     results["student-after"] = trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches)
     steps, history = weight_history(trainer)
@@ -229,13 +233,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             json.dump(summary, f, indent=2)
         if script.plot:
             plot_weights(steps, history, os.path.join(args.output_dir, "ddk_weights.png"))
-    if trainer.is_world_process_zero():
         where = os.path.abspath(args.output_dir)
-        better = sum(results["student-after"][d] < results["student-before"][d] for d in final)
         pushed = f", pushed to {trainer.hub_model_id}" if args.push_to_hub else ""
+        improved = ""
+        if "student-before" in results:
+            better = sum(results["student-after"][d] < results["student-before"][d] for d in final)
+            improved = f"perplexity improved on {better}/{len(final)} domains; "
         print(
             f"Done: student saved to {where} (safetensors + tokenizer; results.json, ddk_weights.png){pushed}; "
-            f"perplexity improved on {better}/{len(final)} domains; {trainer.accelerator.num_processes} process(es)."
+            f"{improved}{trainer.accelerator.num_processes} process(es)."
         )
     return summary
 
