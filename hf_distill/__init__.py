@@ -11,9 +11,11 @@ from .losses import (
     hidden_state_loss,
     logit_distillation_loss,
     pool_word_states,
+    sparse_distillation_loss,
     token_divergence,
     word_attention_maps,
 )
+from .teacher_cache import TeacherCache, TeacherCacheCollator, build_teacher_cache
 from .trainer import PROJECTOR_NAME, DistillationTrainer
 
 __version__ = "0.1.0"
@@ -28,7 +30,10 @@ __all__ = [
     "DomainTermTagger",
     "DomainWeightedSampler",
     "HiddenProjector",
+    "TeacherCache",
+    "TeacherCacheCollator",
     "attention_map_loss",
+    "build_teacher_cache",
     "concatenate_domains",
     "cross_entropy_loss",
     "ddk_update",
@@ -37,6 +42,7 @@ __all__ = [
     "logit_distillation_loss",
     "parse_layer_map",
     "pool_word_states",
+    "sparse_distillation_loss",
     "resolve_layer_map",
     "split_by_domain",
     "token_divergence",

@@ -105,8 +105,16 @@ class DistillationConfig(TrainingArguments):
             "help": "How CE and the logit divergence of causal LMs are computed in training: 'fused' from the last "
             "hidden states and output heads in token chunks (the models return logits for their last position "
             "only, no [tokens, vocab] logits are held); 'logits' from the models' full logits; 'auto' = 'fused' "
-            "when both models support it (linear head, `logits_to_keep`).",
+            "for the batches whose logits would be large (tokens x vocab >= 2**27, 512 MiB of float32 per model) "
+            "when both models support it (linear head, `logits_to_keep`), 'logits' otherwise (faster).",
             "choices": list(LOGIT_LOSSES),
+        },
+    )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of a teacher-output cache (hf_distill.build_teacher_cache): logit KD reads the "
+            "teacher's top-k log-probabilities from it and no teacher model is loaded (logit KD and CE only)."
         },
     )
     task: str = field(
@@ -192,6 +200,34 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"DistillationConfig.logit_chunk_size={self.logit_chunk_size} must be >= 1.")
         parse_layer_map(self.layer_map)
         self._check_ddk()
+        self._check_teacher_cache()
+
+    def _check_teacher_cache(self) -> None:
+        if self.teacher_cache is None:
+            return
+        live = {n: getattr(self, n) for n in ("hidden_weight", "attention_weight", "word_hidden_weight",
+                                                "word_attention_weight") if getattr(self, n) > 0}  # fmt: skip
+        if live:
+            raise ValueError(
+                f"DistillationConfig.teacher_cache={self.teacher_cache!r} holds the teacher's output distribution "
+                f"only, but {', '.join(f'{k}={v}' for k, v in live.items())} need a live teacher: set them to 0 or "
+                "drop teacher_cache."
+            )
+        if self.gamma == 0:
+            raise ValueError(
+                f"DistillationConfig.teacher_cache={self.teacher_cache!r} is set but gamma=0 (no logit KD reads it): "
+                "set gamma > 0 or drop teacher_cache."
+            )
+        if self.ddk_update_steps is not None:
+            raise ValueError(
+                f"DistillationConfig.teacher_cache with ddk_update_steps={self.ddk_update_steps}: DDK measures the "
+                "teacher's loss on validation data, which the cache does not cover; use a live teacher for DDK."
+            )
+        if self.logit_loss == "fused":
+            raise ValueError(
+                "DistillationConfig.logit_loss='fused' needs the teacher's output head; with teacher_cache the "
+                "student's logits are compared with the cached top-k: use logit_loss='auto' or 'logits'."
+            )
 
     def _check_ddk(self) -> None:
         if self.ddk_update_steps is not None and self.ddk_update_steps <= 0:
@@ -241,6 +277,11 @@ class DistillationConfig(TrainingArguments):
     def uses_teacher(self) -> bool:
         """Whether any term needs the teacher."""
         return self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0 or self.dsg_kd
+
+    @property
+    def needs_teacher_model(self) -> bool:
+        """Whether a teacher model must be loaded (a term uses the teacher and no teacher cache replaces it)."""
+        return self.uses_teacher and self.teacher_cache is None
 
     @property
     def dsg_kd(self) -> bool:

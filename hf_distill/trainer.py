@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from .alignment import attention_layer_pairs, resolve_layer_map
@@ -20,19 +19,12 @@ from .data import DOMAIN_IDS
 from .losses import (
     HiddenProjector,
 )
-from .modeling import (
-    check_attentions_available,
-    hidden_size,
-    infer_task,
-    load_pretrained,
-    num_layers,
-    resolve_dtype,
-    shared_vocab_size,
-    supports_fused_logits,
-)
-from .parallel import prepare_teacher, shards_parameters
+from .modeling import check_attentions_available, hidden_size, infer_task, load_pretrained, num_layers, output_size
+from .parallel import prepare_teacher
+from .teacher_cache import CACHE_KEYS, TeacherCacheCollator
 from .trainer_domains import DomainTrainingMixin
 from .trainer_hub import StudentHubMixin
+from .trainer_teacher import TeacherSetupMixin
 from .trainer_terms import WORD_KEYS, LossTermsMixin
 
 logger = logging.get_logger(__name__)
@@ -48,6 +40,8 @@ _TERM_COUNT = {
     "loss_word_attn": 2,
 }
 _TEACHER_PREFIX = "teacher_"
+# logit_loss="auto" fuses a batch when tokens x vocab reaches this (512 MiB of float32 logits per model)
+FUSED_AUTO_MIN_LOGITS = 2**27
 
 
 class _ProjectorGradCallback(TrainerCallback):
@@ -60,7 +54,7 @@ class _ProjectorGradCallback(TrainerCallback):
         self.projector.zero_grad(set_to_none=True)
 
 
-class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, Trainer):
+class DistillationTrainer(TeacherSetupMixin, LossTermsMixin, DomainTrainingMixin, StudentHubMixin, Trainer):
     """
     A [`~transformers.Trainer`] that trains `model` (the student) against a frozen `teacher_model`.
 
@@ -131,15 +125,16 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
         self.task = task
         self.vocab_size: int | None = None
 
-        if teacher_model is None and args.uses_teacher:
+        if teacher_model is None and args.needs_teacher_model:
             raise ValueError(
                 "teacher_model is missing: pass a teacher model (or its hub id / path), or set every teacher term "
                 "(gamma, hidden_weight, attention_weight, word_hidden_weight, word_attention_weight) to 0 for plain "
                 "fine-tuning."
             )
         self.teacher: nn.Module | None = None
-        if args.uses_teacher:
+        if args.needs_teacher_model:
             self.teacher = self._init_teacher(teacher_model, model, args, kwargs.get("processing_class"))
+        self.teacher_cache = self._init_teacher_cache(args, model, kwargs) if args.teacher_cache else None
 
         self.projector: HiddenProjector | None = None
         self.layer_pairs: list[tuple[int, int]] = []
@@ -159,6 +154,7 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
             )
 
         self._fused_logits = self._use_fused_logits(args, model)
+        self._output_width = output_size(model, task) if self._fused_logits else 0
         self._fused_head_checked = False
         super().__init__(model=model, args=args, **kwargs)
         self._check_sharded_backend()
@@ -170,7 +166,10 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
         if self.teacher is not None:
             self.teacher = prepare_teacher(self.teacher, self.accelerator)
         elif teacher_model is not None:
-            logger.warning("teacher_model is ignored: every teacher term has weight 0.")
+            logger.warning(
+                "teacher_model is ignored: "
+                + ("logit KD reads teacher_cache." if self.teacher_cache else "every teacher term has weight 0.")
+            )
         self._projector_wrapped = None
         if self.projector is not None:
             self.projector.to(self.args.device)
@@ -178,65 +177,16 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
                 self.accelerator.prepare_model(self.projector) if self._projector_params() else self.projector
             )
             self.add_callback(_ProjectorGradCallback(self.projector))
+        if self.teacher_cache is not None:
+            self.data_collator = TeacherCacheCollator(self.data_collator, self.teacher_cache)
         self._attach_domains()
 
     # ---- set-up -----------------------------------------------------------------------------------------------
 
-    def _init_teacher(
-        self, teacher: PreTrainedModel | str, student: nn.Module, args: DistillationConfig, tokenizer: Any
-    ) -> nn.Module:
-        """Load (if needed), check against the student, freeze and cast the teacher."""
-        dtype = resolve_dtype(args.teacher_dtype, student, args.bf16, args.fp16)
-        if isinstance(teacher, str):
-            teacher = load_pretrained(
-                teacher, self.task, dtype, args.matches_attentions, args.teacher_trust_remote_code
-            )
-        if args.gamma > 0:  # logits are compared: same kind of head, same vocabulary
-            teacher_task = infer_task(teacher, "teacher")
-            if teacher_task != self.task:
-                raise ValueError(
-                    f"The teacher's task ({teacher_task}) differs from the student's ({self.task}): use a teacher "
-                    "with the same kind of head."
-                )
-            self.vocab_size = shared_vocab_size(student, teacher, self.task, tokenizer)
-        teacher.eval()
-        teacher.requires_grad_(False)
-        # ZeRO-3 partitions parameters at load time: the inference engine casts them (bf16/fp16 of the config)
-        return teacher if is_deepspeed_zero3_enabled() else teacher.to(dtype)
-
-    def _use_fused_logits(self, args: DistillationConfig, model: nn.Module) -> bool:
-        """Whether CE / KD run fused from hidden states and heads (`logit_loss`); `"fused"` when impossible fails."""
-        if args.logit_loss == "fused" and self.task != "causal_lm":
-            raise ValueError(
-                f"DistillationConfig.logit_loss='fused' works for causal LMs only (task is {self.task}): use 'auto'."
-            )
-        if args.logit_loss == "logits" or self.task != "causal_lm" or not (args.alpha_ce > 0 or args.gamma > 0):
-            return False
-        # the teacher runs with the student's flags (`logits_to_keep=1`), so it must support them whenever present
-        models = [("student", model)] + ([("teacher", self.teacher)] if self.teacher is not None else [])
-        missing = [role for role, m in models if not supports_fused_logits(m)]
-        if missing and args.logit_loss == "fused":
-            raise ValueError(
-                f"DistillationConfig.logit_loss='fused' but the {' and '.join(missing)} cannot run it (output head "
-                "not nn.Linear, or forward without `logits_to_keep`): use logit_loss='logits' or 'auto'."
-            )
-        return not missing
-
-    def _check_sharded_backend(self) -> None:
-        """DeepSpeed / FSDP: projections live outside the engine (refused); sharded heads turn fusion off."""
-        if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and self._projector_params():
-            raise ValueError(
-                "Hidden-state matching with learned projections (student and teacher widths differ) is not supported "
-                "under DeepSpeed or FSDP: the projections are not part of the sharded engine. Use DDP, or "
-                "hidden_weight=0 (logit KD, attention maps and DDK work under every backend)."
-            )
-        if self._fused_logits and shards_parameters(self.accelerator):
-            if self.args.logit_loss == "fused":
-                raise ValueError(
-                    "DistillationConfig.logit_loss='fused' reads the output heads' weights, which DeepSpeed ZeRO-3 / "
-                    "FSDP shard: use logit_loss='auto' or 'logits'."
-                )
-            self._fused_logits = False
+    def _fuse_batch(self, labels: torch.Tensor) -> bool:
+        """`logit_loss='fused'`: always; `'auto'`: when the batch's logits would be large (tokens x vocab >=
+        `FUSED_AUTO_MIN_LOGITS`), below which materialised logits are small and faster (no recomputation)."""
+        return self.args.logit_loss == "fused" or labels.numel() * self._output_width >= FUSED_AUTO_MIN_LOGITS
 
     def _projector_params(self) -> list[nn.Parameter]:
         return [] if self.projector is None else list(self.projector.parameters())
@@ -319,6 +269,7 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
             raise ValueError("DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore).")
         local_counts = tuple(self._batch_counts(inputs, labels))
         words = {k: inputs.pop(k) for k in WORD_KEYS if k in inputs}
+        cached = {k: inputs.pop(k) for k in CACHE_KEYS if k in inputs}  # the teacher's top-k from teacher_cache
         teacher_keys = [k for k in inputs if k.startswith(_TEACHER_PREFIX)]  # the teacher's own tokenization
         teacher_inputs = {k[len(_TEACHER_PREFIX) :]: inputs.pop(k) for k in teacher_keys}
         if not args.dsg_kd:
@@ -328,7 +279,7 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
                 "word_hidden_weight / word_attention_weight > 0 need batches from DSGKDCollator (word_pool, "
                 "teacher_word_pool, word_mask and the teacher's own teacher_input_ids): use it as data_collator."
             )
-        fused = self._fused_logits and model.training
+        fused = self._fused_logits and model.training and self._fuse_batch(labels)
         flags = {"output_hidden_states": True, "logits_to_keep": 1} if fused else {}
         if args.matches_hidden_states:
             flags["output_hidden_states"] = True
@@ -347,7 +298,7 @@ class DistillationTrainer(LossTermsMixin, DomainTrainingMixin, StudentHubMixin, 
         else:
             counts, scale = local_counts, 1
         sums = self._loss_sums(
-            outputs, teacher_outputs, labels, self._label_mask(labels), _attended(inputs), words, fused
+            outputs, teacher_outputs, labels, self._label_mask(labels), _attended(inputs), words, fused, cached
         )
         weights = args.loss_weights
         loss = scale * sum(weights[k] * v / _count(counts, k) for k, v in sums.items())

@@ -17,8 +17,10 @@ from .losses import (
     hidden_state_loss,
     logit_distillation_loss,
     pool_word_states,
+    sparse_distillation_loss,
     word_attention_maps,
 )
+from .teacher_cache import CACHE_KEYS
 
 WORD_KEYS = ("word_pool", "teacher_word_pool", "word_mask")
 
@@ -56,13 +58,14 @@ class LossTermsMixin:
         attended: torch.Tensor,
         words: dict[str, torch.Tensor],
         fused: bool = False,
+        cached: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Un-normalised sums of each enabled term, keyed by its log name."""
         args: DistillationConfig = self.args
         sums: dict[str, torch.Tensor] = (
             self._fused_logit_sums(outputs, teacher_outputs, labels, label_mask)
             if fused
-            else self._logit_sums(outputs, teacher_outputs, labels, label_mask)
+            else self._logit_sums(outputs, teacher_outputs, labels, label_mask, cached)
         )
         identity = _identity
         if args.hidden_weight > 0:
@@ -93,20 +96,33 @@ class LossTermsMixin:
         return sums
 
     def _logit_sums(
-        self, outputs: Any, teacher_outputs: Any, labels: torch.Tensor, label_mask: torch.Tensor
+        self,
+        outputs: Any,
+        teacher_outputs: Any,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor,
+        cached: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """CE and logit divergence from the materialised logits of both models."""
+        """CE and logit divergence from the materialised logits of both models, or of the student against the
+        teacher's cached top-k (`cached`; a batch without them, e.g. evaluation data, gets CE only)."""
         args: DistillationConfig = self.args
         logits = outputs.logits
         student_logits, teacher_logits = logits, getattr(teacher_outputs, "logits", None)
+        top = [cached[k] for k in CACHE_KEYS] if cached else None
         if self.task == "causal_lm":
             student_logits = logits[:, :-1]
             teacher_logits = teacher_logits[:, :-1] if teacher_logits is not None else None
+            top = [t[:, :-1] for t in top] if top else None
             labels = labels[:, 1:]
         sums: dict[str, torch.Tensor] = {}
         if args.alpha_ce > 0:
             sums["loss_ce"] = cross_entropy_loss(student_logits, labels, args.logit_chunk_size)
-        if args.gamma > 0:
+        if args.gamma > 0 and top is not None:
+            sums["loss_kd"] = sparse_distillation_loss(
+                student_logits[..., : self.vocab_size], *top, label_mask, args.divergence, args.temperature,
+                args.jsd_beta, args.logit_chunk_size,
+            )  # fmt: skip
+        elif args.gamma > 0 and teacher_logits is not None:
             vocab = self.vocab_size
             sums["loss_kd"] = logit_distillation_loss(
                 student_logits[..., :vocab],

@@ -25,3 +25,29 @@ def test_ddk_overhead_benchmark_prints_its_table():
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = proc.stdout.splitlines()[-1].split()
     assert row[:3] == ["2", "1", "2"] and row[-1].endswith("%")
+
+
+def test_e2e_step_benchmark_prints_its_table():
+    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "e2e_step.py"), "--vocab", "300", "--student_hidden",
+           "64", "--teacher_hidden", "64", "--teacher_layers", "2", "--batch", "2", "--length", "16", "--steps", "3",
+           "--warmup", "1", "--repeats", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("machine:") and "trl" in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    assert set(rows) == {"student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd"}
+    assert rows["trl-gkd"][-1].endswith("%") and float(rows["hf_distill"][2]) > 0
+
+
+def test_cache_speed_benchmark_prints_its_table():
+    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "cache_speed.py"), "--vocab", "300",
+           "--student_hidden", "64", "--teacher_hidden", "128", "--batch", "2", "--length", "16", "--steps", "3",
+           "--warmup", "1", "--k", "8", "--repeats", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("machine:") and "x)" in lines[1]
+    assert (
+        lines[3].startswith("live teacher") and lines[4].startswith("cache k=8") and lines[4].split()[4].endswith("x")
+    )

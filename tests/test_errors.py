@@ -239,7 +239,7 @@ def test_projections_are_refused_under_a_sharding_backend(config_factory):
 def test_fused_logits_under_sharded_heads_turn_off_or_are_refused(config_factory, monkeypatch, logit_loss):
     trainer = _trainer(config_factory(logit_loss=logit_loss))
     assert trainer._fused_logits
-    monkeypatch.setattr("hf_distill.trainer.shards_parameters", lambda accelerator: True)  # ZeRO-3 / FSDP
+    monkeypatch.setattr("hf_distill.trainer_teacher.shards_parameters", lambda accelerator: True)  # ZeRO-3 / FSDP
     if logit_loss == "auto":
         trainer._check_sharded_backend()
         assert not trainer._fused_logits

@@ -125,7 +125,7 @@ class _OddHead(LlamaForCausalLM):
 def test_unknown_head_transform_and_impossible_fused_are_clear_errors(config_factory):
     odd = _OddHead(tiny_llama(hidden=16, seed=1).config)
     with pytest.raises(ValueError, match="logits are not its output head.*logit_loss='logits'"):
-        _step(config_factory, "auto", "forward_kl", odd, tiny_llama(32, 4, seed=2), task="causal_lm")
+        _step(config_factory, "fused", "forward_kl", odd, tiny_llama(32, 4, seed=2), task="causal_lm")
     from conftest import tiny_bert_mlm
 
     with pytest.raises(ValueError, match="logit_loss='fused' works for causal LMs only"):
@@ -152,3 +152,13 @@ def test_fused_terms_under_bf16_autocast_recompute_as_in_forward():
     assert (ce + kd).item() == pytest.approx(reference.item(), rel=1e-6)  # same bf16 logits in forward
     for got, expected in zip(grads, (hidden.grad, weight.grad), strict=True):  # ours chains in float32
         torch.testing.assert_close(got, expected, rtol=0.02, atol=0.05)
+
+
+def test_auto_fuses_only_the_batches_whose_logits_are_large(config_factory, monkeypatch):
+    small = _step(config_factory, "auto", "forward_kl", tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2))
+    assert small[0]._fused_logits and small[1][0] > 1  # fusion is possible, but 8 x 20 x 96 logits are materialised
+    monkeypatch.setattr("hf_distill.trainer.FUSED_AUTO_MIN_LOGITS", 8 * 3 * 96)  # now every batch counts as large
+    large = _step(config_factory, "auto", "forward_kl", tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2))
+    assert large[1] == [1]
+    for key, value in small[2].items():
+        assert large[2][key] == pytest.approx(value, rel=1e-5), key

@@ -3,7 +3,8 @@
 from .attention import ATTENTION_LOSSES, attention_map_loss
 from .fused import LogitTransform, OutputHead, fused_logit_terms
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
-from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, token_divergence
+from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, logprob_divergence, token_divergence
+from .sparse import sparse_distillation_loss
 from .words import pool_word_states, word_attention_maps
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "fused_logit_terms",
     "hidden_state_loss",
     "logit_distillation_loss",
+    "logprob_divergence",
     "pool_word_states",
+    "sparse_distillation_loss",
     "token_divergence",
     "word_attention_maps",
 ]

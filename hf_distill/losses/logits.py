@@ -36,6 +36,25 @@ def token_divergence(
     """
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return logprob_divergence(s, t, divergence, jsd_beta)
+
+
+def logprob_divergence(
+    s: torch.Tensor, t: torch.Tensor, divergence: str = "forward_kl", jsd_beta: float = 0.5
+) -> torch.Tensor:
+    """
+    Per-row divergence between two distributions given as log-probabilities over the last dimension.
+
+    Args:
+        s (`torch.Tensor` of shape `(N, C)`): Student log-probabilities (float32).
+        t (`torch.Tensor` of shape `(N, C)`): Teacher log-probabilities (float32); very negative finite values stand
+            for zero probability.
+        divergence (`str`): See [`token_divergence`].
+        jsd_beta (`float`): See [`token_divergence`].
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`.
+    """
     if divergence == "forward_kl":
         return (t.exp() * (t - s)).sum(-1)
     if divergence == "reverse_kl":

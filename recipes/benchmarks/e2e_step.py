@@ -1,0 +1,155 @@
+"""Benchmark (b): end-to-end training step: tokens/s and peak memory of logit distillation, side by side.
+
+    pip install -e ".[bench]" && python recipes/benchmarks/e2e_step.py          # CPU defaults
+    python recipes/benchmarks/e2e_step.py --device cuda --vocab 128000 --batch 8 --length 1024 --bf16
+
+The same tiny pair (Llamas, random init, `--vocab` tokens) and the same random-token batches for every row, each row
+in a fresh process, `--steps` optimizer steps of which the first `--warmup` are not timed (median step time):
+
+- student-only:       the student fine-tuned alone (`DistillationTrainer`, CE, no teacher);
+- floor:              teacher forward + student forward/backward with CE (a `Trainer` subclass): the work any
+                      logit distillation must do; the distillation overhead is measured against it;
+- hf_distill:         `DistillationTrainer`, forward KL only (`alpha_ce=0, gamma=1, T=1`), `logit_loss='auto'`
+                      (chunked loss on materialised logits, fused only when a batch's logits reach 2**27 values);
+- hf_distill-fused:   the same with `logit_loss='fused'` (from the last hidden states and the heads, recomputed in
+                      backward: no `[tokens, vocab]` logits, more compute);
+- trl-gkd:            TRL's `trl.experimental.gkd.GKDTrainer` with `lmbda=0` (off-policy), `beta=0` (forward KL),
+                      `temperature=1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    StepTimer,
+    llama,
+    machine_line,
+    parameters,
+    peak_memory_mb,
+    random_tokens,
+    run_case,
+    word_level_tokenizer,
+)
+
+ROWS = ("student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd")
+
+
+class FloorTrainer(Trainer):
+    """Teacher forward (no grad) + the student's own CE: no distillation loss at all."""
+
+    def __init__(self, teacher: torch.nn.Module, **kwargs):
+        super().__init__(**kwargs)
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with torch.no_grad():
+            self.teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        outputs = model(**inputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+def _common_args(case: dict, out: str) -> dict:
+    return dict(
+        output_dir=out, max_steps=case["steps"], per_device_train_batch_size=case["batch"], learning_rate=1e-4,
+        report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
+        use_cpu=case["device"] == "cpu", bf16=case["bf16"], dataloader_pin_memory=False, seed=0,
+    )  # fmt: skip
+
+
+def _trainer(row: str, case: dict, out: str):
+    student = llama(case["vocab"], case["student_hidden"], case["student_layers"], seed=1)
+    teacher = llama(case["vocab"], case["teacher_hidden"], case["teacher_layers"], seed=2)
+    if case["bf16"]:
+        teacher = teacher.to(torch.bfloat16)
+    data = random_tokens(case["batch"] * case["steps"], case["length"], case["vocab"])
+    common = _common_args(case, out)
+    if row == "floor":
+        return FloorTrainer(teacher, model=student, args=TrainingArguments(**common), train_dataset=data)
+    if row == "trl-gkd":
+        from transformers import default_data_collator
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        args = GKDConfig(**common, lmbda=0.0, beta=0.0, temperature=1.0, max_length=case["length"])
+        tokenizer = word_level_tokenizer(case["vocab"])  # GKDTrainer reads its pad token id
+        return GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                          data_collator=default_data_collator, processing_class=tokenizer)  # fmt: skip
+    from hf_distill import DistillationConfig, DistillationTrainer
+
+    kd = {"alpha_ce": 1.0, "gamma": 0.0} if row == "student-only" else {"alpha_ce": 0.0, "gamma": 1.0}
+    args = DistillationConfig(**common, **kd, logit_loss="fused" if row == "hf_distill-fused" else "auto")
+    return DistillationTrainer(
+        model=student, teacher_model=None if row == "student-only" else teacher, args=args, train_dataset=data
+    )
+
+
+def one_case(case: dict) -> dict:
+    if case["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as out:
+        trainer = _trainer(case["row"], case, out)
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        trainer.train()
+    step = timer.median(case["warmup"])
+    return {
+        "step_s": step,
+        "tokens_per_s": case["batch"] * case["length"] / step,
+        "peak_mb": peak_memory_mb(case["device"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--student_hidden", type=int, default=256)
+    parser.add_argument("--student_layers", type=int, default=2)
+    parser.add_argument("--teacher_hidden", type=int, default=512)
+    parser.add_argument("--teacher_layers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (median of their step times)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one row in a fresh process
+    args = parser.parse_args()
+    if args.case:
+        import json
+
+        print(json.dumps(one_case(json.loads(args.case))))
+        return
+    case = {k: v for k, v in vars(args).items() if k not in ("rows", "case", "repeats")}
+    student = parameters(llama(args.vocab, args.student_hidden, args.student_layers, 0))
+    teacher = parameters(llama(args.vocab, args.teacher_hidden, args.teacher_layers, 0))
+    print(machine_line(args.device))
+    print(f"vocab {args.vocab} | student {args.student_layers}x{args.student_hidden} ({student / 1e6:.1f}M) | teacher "
+          f"{args.teacher_layers}x{args.teacher_hidden} ({teacher / 1e6:.1f}M) | batch {args.batch} x {args.length} "
+          f"tokens | {'bf16' if args.bf16 else 'float32'} | median of {args.steps - args.warmup} steps x "
+          f"{args.repeats} runs")  # fmt: skip
+    runs: dict[str, list[dict]] = {row: [] for row in args.rows}
+    for _ in range(args.repeats):  # rows interleaved, so that slow phases of a shared machine hit every row
+        for row in args.rows:
+            runs[row].append(run_case(__file__, {**case, "row": row}))
+    print(f"{'row':<18} {'step s':>8} {'tokens/s':>9} {'peak MB':>8} {'vs floor':>9}")
+    step = {row: statistics.median(r["step_s"] for r in results) for row, results in runs.items()}
+    for row, results in runs.items():
+        versus = f"{step[row] / step['floor'] - 1:+.1%}" if "floor" in step and row != "floor" else ""
+        peak = max(r["peak_mb"] for r in results)
+        tokens = args.batch * args.length / step[row]
+        print(f"{row:<18} {step[row]:>8.3f} {tokens:>9.0f} {peak:>8.0f} {versus:>9}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
