@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,18 +73,25 @@ def logprob_divergence(
 
 class _ChunkedSum(torch.autograd.Function):
     """`sum(fn(x_chunk, *other_chunks))` over row chunks, with the gradient for `x` computed chunk by chunk in
-    forward and stored in the dtype of `x`: no float32 intermediate of `fn` ever outlives its chunk."""
+    forward and stored in the dtype of `x`: no float32 intermediate of `fn` ever outlives its chunk. With `analytic`,
+    `fn` returns `(value, gradient)` in closed form instead of a value to differentiate."""
 
     @staticmethod
-    def forward(ctx, fn, chunk_size, x, *others):
-        grad = torch.empty_like(x) if ctx.needs_input_grad[2] else None
+    def forward(ctx, fn, chunk_size, analytic, x, *others):
+        grad = torch.empty_like(x) if ctx.needs_input_grad[3] else None
         total = x.new_zeros((), dtype=torch.float32)
         for start in range(0, x.shape[0], chunk_size):
-            chunk = x[start : start + chunk_size].detach().requires_grad_(grad is not None)
-            with torch.enable_grad():
-                value = fn(chunk, *(o[start : start + chunk_size] for o in others))
-            if grad is not None:
-                (grad[start : start + chunk_size],) = torch.autograd.grad(value, chunk)
+            rows = slice(start, start + chunk_size)
+            if analytic:
+                value, chunk_grad = fn(x[rows].detach(), *(o[rows] for o in others))
+                if grad is not None:
+                    grad[rows] = chunk_grad
+            else:
+                chunk = x[rows].detach().requires_grad_(grad is not None)
+                with torch.enable_grad():
+                    value = fn(chunk, *(o[rows] for o in others))
+                if grad is not None:
+                    (grad[rows],) = torch.autograd.grad(value, chunk)
             total += value.detach()
         ctx.n_others = len(others)
         ctx.grad = grad  # not save_for_backward: backward hands this very buffer on (no copy), so it must own it
@@ -92,12 +101,33 @@ class _ChunkedSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grad, ctx.grad = ctx.grad, None
-        return None, None, grad.mul_(grad_output.to(grad.dtype)), *([None] * ctx.n_others)
+        return None, None, None, grad.mul_(grad_output.to(grad.dtype)), *([None] * ctx.n_others)
 
 
-def _chunked_sum(fn: Callable[..., torch.Tensor], x: torch.Tensor, *others: torch.Tensor, chunk_size: int):
-    """`sum(fn(x_chunk, *other_chunks))` over row chunks of `chunk_size`; differentiable in `x` only."""
-    return _ChunkedSum.apply(fn, chunk_size, x, *others)
+def _chunked_sum(
+    fn: Callable[..., Any], x: torch.Tensor, *others: torch.Tensor, chunk_size: int, analytic: bool = False
+):
+    """`sum(fn(x_chunk, *other_chunks))` over row chunks of `chunk_size`; differentiable in `x` only (`analytic`:
+    `fn` returns `(value, d value / d x_chunk)`)."""
+    return _ChunkedSum.apply(fn, chunk_size, analytic, x, *others)
+
+
+def _forward_kl_value_grad(x: torch.Tensor, y: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sum KL(p_T || p_S)` of a chunk and its gradient `(p_S - p_T) / T`, in closed form (no autograd graph)."""
+    s = F.log_softmax(x.float() / temperature, dim=-1)
+    t = F.log_softmax(y.float() / temperature, dim=-1)
+    p_t = t.exp()
+    value = (p_t * (t - s)).sum()
+    return value, s.exp_().sub_(p_t).div_(temperature)
+
+
+def _cross_entropy_value_grad(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of a chunk and its gradient `softmax - onehot`, in closed form."""
+    log_p = F.log_softmax(x.float(), dim=-1)
+    value = -log_p.gather(-1, y[:, None]).sum()
+    grad = log_p.exp_()
+    grad[torch.arange(len(y), device=y.device), y] -= 1.0
+    return value, grad
 
 
 def _select(mask: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -124,10 +154,7 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_size: i
     """
     rows, targets = _select(labels.ne(-100), logits, labels)
 
-    def chunk_ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(x.float(), y, reduction="sum")
-
-    return _chunked_sum(chunk_ce, rows, targets, chunk_size=chunk_size)
+    return _chunked_sum(_cross_entropy_value_grad, rows, targets, chunk_size=chunk_size, analytic=True)
 
 
 def logit_distillation_loss(
@@ -164,6 +191,10 @@ def logit_distillation_loss(
             "must have the same shape."
         )
     student, teacher = _select(mask, student_logits, teacher_logits.detach())
+
+    if divergence == "forward_kl":  # the default: closed-form gradient, no autograd graph per chunk
+        value_grad = partial(_forward_kl_value_grad, temperature=temperature)
+        return _chunked_sum(value_grad, student, teacher, chunk_size=chunk_size, analytic=True) * temperature**2
 
     def chunk_divergence(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return token_divergence(x, y, divergence, temperature, jsd_beta).sum()
