@@ -70,15 +70,16 @@ class TeacherSetupMixin:
 
     def _init_teacher_cache(self, args: DistillationConfig, model: nn.Module, kwargs: dict[str, Any]) -> TeacherCache:
         """Open and check the teacher cache; the training set gets its row numbers (`teacher_cache_index`)."""
-        if self.task not in ("causal_lm", "masked_lm"):
+        if self.task != "causal_lm":
             raise ValueError(
-                f"DistillationConfig.teacher_cache stores per-token outputs; the task is {self.task}: use a live "
-                "teacher."
+                f"DistillationConfig.teacher_cache holds a causal LM teacher's outputs on fixed inputs; the task is "
+                f"{self.task} (a masked LM teacher sees the collator's random masks): use a live teacher."
             )
         cache = TeacherCache(args.teacher_cache)
         cache.check(kwargs.get("processing_class"), args.temperature, output_size(model, self.task))
         self.vocab_size = cache.manifest["vocab_size"]
-        kwargs["train_dataset"] = cache.attach(kwargs["train_dataset"])
+        if kwargs.get("train_dataset") is not None:
+            kwargs["train_dataset"] = cache.attach(kwargs["train_dataset"])
         return cache
 
     def _check_sharded_backend(self) -> None:
