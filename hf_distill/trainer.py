@@ -65,8 +65,10 @@ class DistillationTrainer(TeacherSetupMixin, LossTermsMixin, DomainTrainingMixin
     batch, so the loss does not depend on how a batch is split for gradient accumulation, and each term is logged
     separately (`loss_ce`, `loss_kd`, `loss_hidden`, `loss_attn`).
 
-    The teacher is put in eval mode, frozen, cast to the student's compute dtype, placed by accelerate, and never
-    saved or optimised. The projections are trained with the student and saved in each checkpoint as
+    The teacher is put in eval mode, frozen, cast to the student's compute dtype, placed by accelerate (sharded under
+    FSDP and DeepSpeed ZeRO-3), and never saved or optimised. With `args.teacher_cache` (a directory written by
+    [`build_teacher_cache`]) no teacher is loaded: logit KD reads the teacher's cached top-k log-probabilities.
+    The projections are trained with the student and saved in each checkpoint as
     `distill_projections.safetensors`, apart from the student's weights; `resume_from_checkpoint` restores them.
 
     A training set with a `args.domain_column` column (or a dict of domain name -> dataset) is sampled by a
@@ -80,8 +82,9 @@ class DistillationTrainer(TeacherSetupMixin, LossTermsMixin, DomainTrainingMixin
 
     Args:
         model (`PreTrainedModel` or `str`): The student, or a hub id / local path to load it from (safetensors).
-        teacher_model (`PreTrainedModel` or `str`): The teacher, or a hub id / local path (safetensors,
-            `trust_remote_code` only if `args.teacher_trust_remote_code`).
+        teacher_model (`PreTrainedModel` or `str`, *optional*): The teacher, or a hub id / local path (safetensors,
+            `trust_remote_code` only if `args.teacher_trust_remote_code`); not needed with `args.teacher_cache` or
+            when every teacher term is 0.
         args (`DistillationConfig`): Training and distillation settings.
         peft_config (`peft.PeftConfig`, *optional*): When given, the student is wrapped with `get_peft_model` and
             only its adapters are trained.
