@@ -28,15 +28,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import rss_peak_mb  # noqa: E402
+
 METHODS = ("naive", "trl", "chunked", "fused")
-
-
-def _rss_peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _loss(method: str, hs, ws, ht, wt, chunk: int) -> torch.Tensor:
@@ -71,7 +67,7 @@ def run_case(method: str, vocab: int, tokens: int, hidden: int, device: str, dty
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _rss_peak_mb()
+        base = rss_peak_mb()
     start = time.perf_counter()
     loss = _loss(method, hs, ws, ht, wt, chunk)
     loss.backward()
@@ -79,7 +75,7 @@ def run_case(method: str, vocab: int, tokens: int, hidden: int, device: str, dty
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = _rss_peak_mb() - base
+        peak = rss_peak_mb() - base
     return {"peak_extra_mb": peak, "seconds": time.perf_counter() - start, "loss": loss.item()}
 
 
