@@ -1,5 +1,6 @@
 """The benchmark scripts run and print their tables (tiny sizes; figures are not asserted: they are measurements)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,11 @@ def test_e2e_step_benchmark_prints_its_table():
     assert lines[0].startswith("machine:") and "trl" in lines[0]
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert set(rows) == {"student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd"}
-    assert rows["trl-gkd"][-1].endswith("%") and float(rows["hf_distill"][2]) > 0
+    assert float(rows["hf_distill"][2]) > 0 and rows["hf_distill"][-1].endswith("%")
+    if importlib.util.find_spec("trl") is not None:  # the bench extra; CI installs the test extra only
+        assert rows["trl-gkd"][-1].endswith("%")
+    else:
+        assert rows["trl-gkd"][1] == "skipped:"
 
 
 def test_cache_speed_benchmark_prints_its_table():

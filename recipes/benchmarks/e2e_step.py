@@ -20,6 +20,7 @@ in a fresh process, `--steps` optimizer steps of which the first `--warmup` are 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -138,9 +139,12 @@ def main() -> None:
           f"{args.teacher_layers}x{args.teacher_hidden} ({teacher / 1e6:.1f}M) | batch {args.batch} x {args.length} "
           f"tokens | {'bf16' if args.bf16 else 'float32'} | median of {args.steps - args.warmup} steps x "
           f"{args.repeats} runs")  # fmt: skip
-    runs: dict[str, list[dict]] = {row: [] for row in args.rows}
+    skipped = {}
+    if "trl-gkd" in args.rows and importlib.util.find_spec("trl") is None:
+        skipped["trl-gkd"] = "skipped: trl not installed (pip install -e '.[bench]')"
+    runs: dict[str, list[dict]] = {row: [] for row in args.rows if row not in skipped}
     for _ in range(args.repeats):  # rows interleaved, so that slow phases of a shared machine hit every row
-        for row in args.rows:
+        for row in runs:
             runs[row].append(run_case(__file__, {**case, "row": row}))
     print(f"{'row':<18} {'step s':>8} {'tokens/s':>9} {'peak MB':>8} {'vs floor':>9}")
     step = {row: statistics.median(r["step_s"] for r in results) for row, results in runs.items()}
@@ -149,6 +153,8 @@ def main() -> None:
         peak = max(r["peak_mb"] for r in results)
         tokens = args.batch * args.length / step[row]
         print(f"{row:<18} {step[row]:>8.3f} {tokens:>9.0f} {peak:>8.0f} {versus:>9}", flush=True)
+    for row, why in skipped.items():
+        print(f"{row:<18} {why}")
 
 
 if __name__ == "__main__":
