@@ -20,11 +20,18 @@ import sys
 import tempfile
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import StepTimer, llama, machine_line, parameters, random_tokens, run_case, word_level_tokenizer  # noqa: E402
+from common import (  # noqa: E402
+    StepTimer,
+    add_pair_arguments,
+    llama,
+    machine_line,
+    pair_line,
+    random_tokens,
+    run_case,
+    word_level_tokenizer,
+)
 
 
 def one_case(case: dict) -> dict:
@@ -71,31 +78,15 @@ def build(case: dict, k: int, path: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--student_hidden", type=int, default=256)
-    parser.add_argument("--student_layers", type=int, default=2)
-    parser.add_argument("--teacher_hidden", type=int, default=768)
-    parser.add_argument("--teacher_layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_pair_arguments(parser, teacher_hidden=768)
     parser.add_argument("--k", type=int, nargs="+", default=[64])
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each (median of their step times)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one run in a fresh process
     args = parser.parse_args()
     if args.case:
         print(json.dumps(one_case(json.loads(args.case))))
         return
     case = {k: v for k, v in vars(args).items() if k not in ("k", "case", "repeats")}
-    student = parameters(llama(args.vocab, args.student_hidden, args.student_layers, 0))
-    teacher = parameters(llama(args.vocab, args.teacher_hidden, args.teacher_layers, 0))
     print(machine_line(args.device))
-    print(f"vocab {args.vocab} | student {args.student_layers}x{args.student_hidden} ({student / 1e6:.1f}M) | teacher "
-          f"{args.teacher_layers}x{args.teacher_hidden} ({teacher / 1e6:.1f}M, {teacher / student:.1f}x) | batch "
-          f"{args.batch} x {args.length} tokens | median of {args.steps - args.warmup} steps x {args.repeats} "
-          "runs")  # fmt: skip
+    print(pair_line(args))
     with tempfile.TemporaryDirectory() as root:
         builds = {k: build(case, k, os.path.join(root, f"k{k}")) for k in args.k}
         runs: dict[int | None, list[float]] = {None: [], **{k: [] for k in args.k}}

@@ -3,6 +3,7 @@ timer and running one case in a fresh process (so that CPU peak memory is the ca
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -104,3 +105,31 @@ def run_case(script: str, case: dict) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser, teacher_hidden: int) -> None:
+    """The arguments every training benchmark shares: the student/teacher pair, the batches, the timing and the
+    internal `--case` (one run in a fresh process)."""
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--student_hidden", type=int, default=256)
+    parser.add_argument("--student_layers", type=int, default=2)
+    parser.add_argument("--teacher_hidden", type=int, default=teacher_hidden)
+    parser.add_argument("--teacher_layers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (median of their step times)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+
+
+def pair_line(args: argparse.Namespace) -> str:
+    """The second line every training benchmark prints: vocabulary, the pair's sizes, batch and timing."""
+    student = parameters(llama(args.vocab, args.student_hidden, args.student_layers, 0))
+    teacher = parameters(llama(args.vocab, args.teacher_hidden, args.teacher_layers, 0))
+    return (
+        f"vocab {args.vocab} | student {args.student_layers}x{args.student_hidden} ({student / 1e6:.1f}M) | teacher "
+        f"{args.teacher_layers}x{args.teacher_hidden} ({teacher / 1e6:.1f}M, {teacher / student:.1f}x) | batch "
+        f"{args.batch} x {args.length} tokens | median of {args.steps - args.warmup} steps x {args.repeats} runs"
+    )

@@ -33,9 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
     StepTimer,
+    add_pair_arguments,
     llama,
     machine_line,
-    parameters,
+    pair_line,
     peak_memory_mb,
     random_tokens,
     run_case,
@@ -111,20 +112,9 @@ def one_case(case: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--student_hidden", type=int, default=256)
-    parser.add_argument("--student_layers", type=int, default=2)
-    parser.add_argument("--teacher_hidden", type=int, default=512)
-    parser.add_argument("--teacher_layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_pair_arguments(parser, teacher_hidden=512)
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per row (median of their step times)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one row in a fresh process
     args = parser.parse_args()
     if args.case:
         import json
@@ -132,13 +122,8 @@ def main() -> None:
         print(json.dumps(one_case(json.loads(args.case))))
         return
     case = {k: v for k, v in vars(args).items() if k not in ("rows", "case", "repeats")}
-    student = parameters(llama(args.vocab, args.student_hidden, args.student_layers, 0))
-    teacher = parameters(llama(args.vocab, args.teacher_hidden, args.teacher_layers, 0))
     print(machine_line(args.device))
-    print(f"vocab {args.vocab} | student {args.student_layers}x{args.student_hidden} ({student / 1e6:.1f}M) | teacher "
-          f"{args.teacher_layers}x{args.teacher_hidden} ({teacher / 1e6:.1f}M) | batch {args.batch} x {args.length} "
-          f"tokens | {'bf16' if args.bf16 else 'float32'} | median of {args.steps - args.warmup} steps x "
-          f"{args.repeats} runs")  # fmt: skip
+    print(f"{pair_line(args)} | {'bf16' if args.bf16 else 'float32'}")
     skipped = {}
     if "trl-gkd" in args.rows and importlib.util.find_spec("trl") is None:
         skipped["trl-gkd"] = "skipped: trl not installed (pip install -e '.[bench]')"
