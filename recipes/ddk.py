@@ -211,13 +211,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
     args, validation = trainer.args, data["validation"]
 
-    results = {"teacher": trainer.evaluate_domains(trainer.teacher, validation, script.max_eval_batches)}
+    batches, names = trainer.collate_domain_batches(validation, script.max_eval_batches), list(validation)
+
+    def domain_losses(model: torch.nn.Module) -> dict[str, float]:  # the held-out batches are collated once
+        return dict(zip(names, trainer.domain_token_losses(model, batches, names), strict=True))
+
+    results = {"teacher": domain_losses(trainer.teacher)}
     if is_deepspeed_zero3_enabled():  # the student is partitioned at load and only usable inside its engine
         logger.warning("student-before is not measured under DeepSpeed ZeRO-3 (the student is not wrapped yet).")
     else:
-        results["student-before"] = trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches)
+        results["student-before"] = domain_losses(trainer.model)
     trainer.train()
-    results["student-after"] = trainer.evaluate_domains(trainer.model, validation, script.max_eval_batches)
+    results["student-after"] = domain_losses(trainer.model)
     steps, history = weight_history(trainer)
     final = {name: values[-1] for name, values in history.items()}
     summary = {"loss": results, "perplexity": {k: {d: math.exp(v) for d, v in r.items()} for k, r in results.items()}}
