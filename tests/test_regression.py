@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import PadCollator, lm_dataset, make_config, tiny_bert_cls, tiny_llama
 from toy_domains import domain_datasets
 
@@ -66,7 +65,8 @@ def word_terms_run(tmp_path: Path) -> dict:
     trainer = DistillationTrainer(
         model=tiny_bert_cls(hidden=16, layers=2, heads=2, vocab=len(student_tok), seed=1, num_labels=2),
         teacher_model=tiny_bert_cls(hidden=32, layers=4, heads=4, vocab=len(teacher_tok), seed=2, num_labels=2),
-        args=args, train_dataset=notes(24, seed=3), data_collator=DSGKDCollator(student_tok, teacher_tok, max_length=40),
+        args=args, train_dataset=notes(24, seed=3),
+        data_collator=DSGKDCollator(student_tok, teacher_tok, max_length=40),
     )  # fmt: skip
     trainer.train()
     return {"logs": _logs(trainer), "parameters": _parameters(trainer)}
