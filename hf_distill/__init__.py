@@ -2,8 +2,16 @@
 
 from .alignment import parse_layer_map, resolve_layer_map
 from .config import DistillationConfig
-from .data import DomainCollator, DSGKDCollator, concatenate_domains, split_by_domain
-from .domains import DDKCallback, DomainTermTagger, DomainWeightedSampler, ddk_update, discrepancy_factor
+from .ddk import (
+    DDKCallback,
+    DomainCollator,
+    DomainWeightedSampler,
+    concatenate_domains,
+    ddk_update,
+    discrepancy_factor,
+    split_by_domain,
+)
+from .dsg_kd import DomainTermTagger, DSGKDCollator
 from .losses import (
     HiddenProjector,
     attention_map_loss,
@@ -16,22 +24,26 @@ from .losses import (
     word_attention_maps,
 )
 from .teacher_cache import TeacherCache, TeacherCacheCollator, build_teacher_cache
-from .trainer import PROJECTOR_NAME, DistillationTrainer
+from .terms import LossTerm, TermInputs, register_loss_term, registered_terms, unregister_loss_term
+from .training import PROJECTOR_NAME, DistillationStudent, DistillationTrainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PROJECTOR_NAME",
     "DDKCallback",
     "DistillationConfig",
+    "DistillationStudent",
     "DistillationTrainer",
     "DSGKDCollator",
     "DomainCollator",
     "DomainTermTagger",
     "DomainWeightedSampler",
     "HiddenProjector",
+    "LossTerm",
     "TeacherCache",
     "TeacherCacheCollator",
+    "TermInputs",
     "attention_map_loss",
     "build_teacher_cache",
     "concatenate_domains",
@@ -42,9 +54,12 @@ __all__ = [
     "logit_distillation_loss",
     "parse_layer_map",
     "pool_word_states",
+    "register_loss_term",
+    "registered_terms",
     "sparse_distillation_loss",
     "resolve_layer_map",
     "split_by_domain",
     "token_divergence",
+    "unregister_loss_term",
     "word_attention_maps",
 ]

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment import parse_layer_map
-from .domains.ddk import parse_domain_weights
+from .ddk.update import parse_domain_weights
 from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
+from .terms import LossTerm, active_terms, check_weights, registered_terms
+from .terms.registry import ATTENTIONS, LABELS, PROJECTIONS, TEACHER, TEACHER_CACHE, TEACHER_INPUTS, needs_any
 
-TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification")
+TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification", "feature_extraction")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOGIT_LOSSES = ("auto", "fused", "logits")
 
@@ -120,7 +122,8 @@ class DistillationConfig(TrainingArguments):
     task: str = field(
         default="auto",
         metadata={
-            "help": "Task of student and teacher; 'auto' infers it from the model class.",
+            "help": "Task of student and teacher; 'auto' infers it from the model class. 'feature_extraction' is a "
+            "headless model (AutoModel, e.g. an embedding model): hidden-state and attention terms only.",
             "choices": list(TASKS),
         },
     )
@@ -160,29 +163,9 @@ class DistillationConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in (
-            "alpha_ce",
-            "gamma",
-            "hidden_weight",
-            "attention_weight",
-            "word_hidden_weight",
-            "word_attention_weight",
-        ):
-            value = getattr(self, name)
-            if value < 0:
-                raise ValueError(f"DistillationConfig.{name}={value} is negative: loss weights must be >= 0.")
-        if sum(self.loss_weights.values()) == 0:
-            raise ValueError(
-                "DistillationConfig: every loss weight (alpha_ce, gamma, hidden_weight, attention_weight, "
-                "word_hidden_weight, word_attention_weight) is 0, so there is nothing to train on: set one > 0."
-            )
-        if self.dsg_kd and (self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0):
-            raise ValueError(
-                f"DistillationConfig: word_hidden_weight={self.word_hidden_weight} / word_attention_weight="
-                f"{self.word_attention_weight} turn on DSG-KD, whose teacher reads its own tokenization, so its "
-                f"logits and token positions do not match the student's; set gamma=0 (now {self.gamma}), "
-                f"hidden_weight=0 (now {self.hidden_weight}) and attention_weight=0 (now {self.attention_weight})."
-            )
+        check_weights(self)
+        terms = active_terms(self)
+        self._check_dsg_kd(terms)
         if not self.temperature > 0:
             raise ValueError(f"DistillationConfig.temperature={self.temperature} must be > 0 (1.0 is plain softmax).")
         self._check_choice("divergence", DIVERGENCES)
@@ -200,23 +183,40 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"DistillationConfig.logit_chunk_size={self.logit_chunk_size} must be >= 1.")
         parse_layer_map(self.layer_map)
         self._check_ddk()
-        self._check_teacher_cache()
+        self._check_teacher_cache(terms)
 
-    def _check_teacher_cache(self) -> None:
+    def _weights(self, terms: list[LossTerm]) -> str:
+        return ", ".join(f"{name}={getattr(self, name)}" for name in dict.fromkeys(t.weight for t in terms))
+
+    def _check_dsg_kd(self, terms: list[LossTerm]) -> None:
+        """Terms whose teacher reads its own tokenization cannot be mixed with terms on the student's tokens."""
+        word_terms = [t for t in terms if TEACHER_INPUTS in t.needs]
+        token_terms = [t for t in terms if TEACHER in t.needs and TEACHER_INPUTS not in t.needs]
+        if word_terms and token_terms:
+            word_terms = [t for t in registered_terms() if TEACHER_INPUTS in t.needs and hasattr(self, t.weight)]
+            fix = ", ".join(
+                f"{name}=0 (now {getattr(self, name)})" for name in dict.fromkeys(t.weight for t in token_terms)
+            )
+            raise ValueError(
+                f"DistillationConfig: {self._weights(word_terms).replace(', ', ' / ')} turn on DSG-KD, whose teacher "
+                "reads its own "
+                f"tokenization, so its logits and token positions do not match the student's; set {fix}."
+            )
+
+    def _check_teacher_cache(self, terms: list[LossTerm]) -> None:
         if self.teacher_cache is None:
             return
-        live = {n: getattr(self, n) for n in ("hidden_weight", "attention_weight", "word_hidden_weight",
-                                                "word_attention_weight") if getattr(self, n) > 0}  # fmt: skip
+        live = [t for t in terms if TEACHER in t.needs]
         if live:
             raise ValueError(
                 f"DistillationConfig.teacher_cache={self.teacher_cache!r} holds the teacher's output distribution "
-                f"only, but {', '.join(f'{k}={v}' for k, v in live.items())} need a live teacher: set them to 0 or "
-                "drop teacher_cache."
+                f"only, but {self._weights(live)} need a live teacher: set them to 0 or drop teacher_cache."
             )
-        if self.gamma == 0:
+        if not any(TEACHER_CACHE in t.needs for t in terms):
+            readers = list(dict.fromkeys(t.weight for t in registered_terms() if TEACHER_CACHE in t.needs))
             raise ValueError(
-                f"DistillationConfig.teacher_cache={self.teacher_cache!r} is set but gamma=0 (no logit KD reads it): "
-                "set gamma > 0 or drop teacher_cache."
+                f"DistillationConfig.teacher_cache={self.teacher_cache!r} is set but {' and '.join(readers)}=0 (no "
+                f"logit KD reads it): set {' or '.join(readers)} > 0 or drop teacher_cache."
             )
         if self.ddk_update_steps is not None:
             raise ValueError(
@@ -262,38 +262,48 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"DistillationConfig.{name}={value!r} is not supported; choose one of {list(choices)}.")
 
     @property
+    def loss_terms(self) -> list[LossTerm]:
+        """The registered loss terms that are on (weight > 0) under this config."""
+        return active_terms(self)
+
+    @property
     def loss_weights(self) -> dict[str, float]:
-        """The weight of each loss term, keyed by its log name."""
-        return {
-            "loss_ce": self.alpha_ce,
-            "loss_kd": self.gamma,
-            "loss_hidden": self.hidden_weight,
-            "loss_attn": self.attention_weight,
-            "loss_word_hidden": self.word_hidden_weight,
-            "loss_word_attn": self.word_attention_weight,
-        }
+        """The weight of each registered loss term, keyed by its log name (live and cached KD share `loss_kd`)."""
+        weights: dict[str, float] = {}
+        for term in registered_terms():
+            if hasattr(self, term.weight) and (term.log_name not in weights or term.is_on(self)):
+                weights[term.log_name] = getattr(self, term.weight)
+        return weights
+
+    def _needs(self, *needs: str) -> bool:
+        return needs_any(active_terms(self), *needs)
 
     @property
     def uses_teacher(self) -> bool:
-        """Whether any term needs the teacher."""
-        return self.gamma > 0 or self.hidden_weight > 0 or self.attention_weight > 0 or self.dsg_kd
+        """Whether any term reads the teacher (live or cached)."""
+        return self._needs(TEACHER, TEACHER_CACHE)
 
     @property
     def needs_teacher_model(self) -> bool:
-        """Whether a teacher model must be loaded (a term uses the teacher and no teacher cache replaces it)."""
-        return self.uses_teacher and self.teacher_cache is None
+        """Whether a teacher model must be loaded (a term reads the live teacher's outputs)."""
+        return self._needs(TEACHER)
 
     @property
     def dsg_kd(self) -> bool:
-        """Whether the word-level DSG-KD terms are on (the teacher then reads its own `teacher_*` inputs)."""
-        return self.word_hidden_weight > 0 or self.word_attention_weight > 0
+        """Whether a term has the teacher read its own tokenization (DSG-KD's `teacher_*` inputs)."""
+        return self._needs(TEACHER_INPUTS)
 
     @property
     def matches_hidden_states(self) -> bool:
-        """Whether a term compares hidden states (token or word level): needs layer pairs and projections."""
-        return self.hidden_weight > 0 or self.word_hidden_weight > 0
+        """Whether a term compares hidden states through projections (token or word level)."""
+        return self._needs(PROJECTIONS)
 
     @property
     def matches_attentions(self) -> bool:
         """Whether a term compares attention maps (token or word level): needs eager attention."""
-        return self.attention_weight > 0 or self.word_attention_weight > 0
+        return self._needs(ATTENTIONS)
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether a term reads `labels` (a data set without labels trains the other terms only)."""
+        return self._needs(LABELS)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -17,18 +18,27 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_MAPPING_NAMES,
 )
 
-SUPPORTED_TASKS = ("causal_lm", "masked_lm", "sequence_classification")
+SUPPORTED_TASKS = ("causal_lm", "masked_lm", "sequence_classification", "feature_extraction")
+
+
+def _names(mapping: dict) -> set[str]:
+    return {name for value in mapping.values() for name in ((value,) if isinstance(value, str) else value)}
+
+
 _TASK_CLASS_NAMES = {
-    "causal_lm": set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()),
-    "masked_lm": set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()),
-    "sequence_classification": set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()),
+    "causal_lm": _names(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+    "masked_lm": _names(MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+    "sequence_classification": _names(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+    "feature_extraction": _names(MODEL_MAPPING_NAMES),  # headless models (AutoModel): BertModel, LlamaModel, ...
 }
 _AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "masked_lm": AutoModelForMaskedLM,
     "sequence_classification": AutoModelForSequenceClassification,
+    "feature_extraction": AutoModel,
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,7 +58,8 @@ def infer_task(model: nn.Module, role: str = "student") -> str:
         role (`str`): `"student"` or `"teacher"`, used in the error message.
 
     Returns:
-        `str`: one of `"causal_lm"`, `"masked_lm"`, `"sequence_classification"`.
+        `str`: one of `"causal_lm"`, `"masked_lm"`, `"sequence_classification"`, `"feature_extraction"` (a headless
+        model such as `BertModel`, whose hidden states and attention maps can be distilled, not its logits).
 
     Raises:
         `ValueError`: for encoder-decoder models, regression or multi-label heads and any other model class.
@@ -64,13 +75,15 @@ def infer_task(model: nn.Module, role: str = "student") -> str:
                 if config.num_labels < 2 or config.problem_type in ("regression", "multi_label_classification"):
                     return _unsupported(role, name, "only single-label classification (num_labels >= 2) is supported")
             return task
-    return _unsupported(role, name, "its class is not a causal LM, masked LM or sequence classification model")
+    return _unsupported(
+        role, name, "its class is not a causal LM, masked LM, sequence classification or headless (AutoModel) model"
+    )
 
 
 def _unsupported(role: str, name: str, why: str) -> str:
     raise ValueError(
         f"The {role} model {name} is not supported for distillation: {why}. Supported tasks: {list(SUPPORTED_TASKS)} "
-        "(e.g. AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification)."
+        "(e.g. AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModel)."
     )
 
 

@@ -29,8 +29,8 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.cli import RecipeError, parse_recipe_args
-from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
+from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args
+from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
 
 logger = logging.get_logger("recipes.ddk")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,9 +133,12 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
             script.dataset_split,
             script.data_files,
         )
-        train_texts, held_out = hold_out(corpus, script.validation_size, args.domain_column, args.seed)
     except (FileNotFoundError, ValueError) as error:
-        raise RecipeError(str(error)) from error
+        raise RecipeError(f"--dataset_name {script.dataset_name}: {error}") from error
+    try:
+        train_texts, held_out = hold_out(corpus, script.validation_size, args.domain_column, args.seed)
+    except ValueError as error:
+        raise RecipeError(f"--validation_size {script.validation_size}: {error}") from error
     tokenizer = AutoTokenizer.from_pretrained(script.student_model, trust_remote_code=script.trust_remote_code)
     _check_tokenizers(script, tokenizer)
     with args.main_process_first(desc="tokenize and pack"):

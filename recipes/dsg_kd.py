@@ -26,8 +26,8 @@ from datasets import DatasetDict, load_dataset
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_distill import DistillationConfig, DistillationTrainer, DomainTermTagger, DSGKDCollator
-from hf_distill.cli import parse_recipe_args
 from hf_distill.metrics import classification_metrics
+from hf_distill.recipe_tools.cli import parse_recipe_args
 
 # DSG-KD's defaults; a --config YAML and the command line override them
 DEFAULTS = {"gamma": 0.0, "word_hidden_weight": 1.0, "word_attention_weight": 1.0, "report_to": "none"}

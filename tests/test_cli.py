@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hf_distill import DistillationConfig
-from hf_distill.cli import RecipeError, parse_recipe_args
+from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

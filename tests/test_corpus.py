@@ -1,4 +1,5 @@
-"""Multi-domain corpus loading, held-out slices and packing (hf_distill.corpus) against plain-Python references."""
+"""Multi-domain corpus loading, held-out slices and packing (hf_distill.recipe_tools.corpus) against plain-Python
+references."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
+from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 
@@ -42,7 +43,7 @@ def test_file_with_a_domain_column_nested_or_not(tmp_path):
 
 
 def test_loading_errors_name_the_field_and_value(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"dataset_name='\./missing/dir' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"source='\./missing/dir' does not exist"):
         load_domain_corpus("./missing/dir")
     _jsonl(tmp_path / "a.jsonl", [{"text": "x", "source": "a"}])
     with pytest.raises(ValueError, match=r"domain_column='topic' is not a column .*columns: text, source"):
@@ -63,7 +64,7 @@ def test_hold_out_is_disjoint_per_domain_and_reproducible():
         assert not train_texts & set(part["text"])
         assert len(train_texts) + 4 == (10 if name == "a" else 20)
     assert hold_out(data, 4, seed=3)[1]["b"]["text"] == held["b"]["text"] != hold_out(data, 4, seed=4)[1]["b"]["text"]
-    with pytest.raises(ValueError, match="Domain 'a' has 10 examples, not more than validation_size=10"):
+    with pytest.raises(ValueError, match="Domain 'a' has 10 examples, not more than size=10"):
         hold_out(data, 10)
 
 

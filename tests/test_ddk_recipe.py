@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill import PROJECTOR_NAME
-from hf_distill.corpus import hold_out, load_domain_corpus, pack_texts
+from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "ddk.py"
@@ -119,7 +119,7 @@ def _bad(capsys, tmp_path, *args):
 
 def test_missing_dataset_path_is_one_line(capsys, tmp_path):
     line = _bad(capsys, tmp_path, "--dataset_name", str(tmp_path / "nowhere"))
-    assert "dataset_name=" in line and "nowhere" in line and "does not exist" in line
+    assert line.startswith("error: --dataset_name") and "nowhere" in line and "does not exist" in line
 
 
 def test_unknown_domain_column_is_one_line(capsys, tmp_path):

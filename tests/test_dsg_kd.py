@@ -5,7 +5,7 @@ import torch
 from dsg_toy import student_tokenizer, teacher_tokenizer
 
 from hf_distill import DomainTermTagger, DSGKDCollator, pool_word_states, word_attention_maps
-from hf_distill.alignment import align_word_spans, span_token_positions
+from hf_distill.dsg_kd.alignment import align_word_spans, span_token_positions
 
 
 def _words(text, spans):

@@ -226,23 +226,24 @@ def test_dsg_kd_without_its_collator_is_a_clear_error(config_factory):
         trainer.train()
 
 
-def test_projections_are_refused_under_a_sharding_backend(config_factory):
+def test_projections_are_part_of_the_module_a_sharding_backend_wraps(config_factory, monkeypatch):
+    # hf_distill 0.1 refused learned projections under DeepSpeed / FSDP (they lived outside the engine); they are now
+    # parameters of the student module that the engine wraps, so a sharded backend accepts them
     trainer = _trainer(config_factory(hidden_weight=1.0))  # widths 16 vs 32: a learned projection
-    trainer.is_fsdp_enabled = True  # as Trainer sets it under an FSDP launch config (not launchable on CPU)
-    with pytest.raises(
-        ValueError, match=r"learned projections .* not supported under DeepSpeed or FSDP.*hidden_weight=0"
-    ):
-        trainer._check_sharded_backend()
+    monkeypatch.setattr("hf_distill.training.teacher.shards_parameters", lambda accelerator: True)  # ZeRO-3 / FSDP
+    trainer.teacher_setup.check_sharded_backend(trainer.accelerator, trainer.args)
+    projections = {id(p) for p in trainer.projector.parameters()}
+    assert projections and projections <= {id(p) for p in trainer.model.parameters()}
 
 
 @pytest.mark.parametrize("logit_loss", ["auto", "fused"])
 def test_fused_logits_under_sharded_heads_turn_off_or_are_refused(config_factory, monkeypatch, logit_loss):
     trainer = _trainer(config_factory(logit_loss=logit_loss))
-    assert trainer._fused_logits
-    monkeypatch.setattr("hf_distill.trainer_teacher.shards_parameters", lambda accelerator: True)  # ZeRO-3 / FSDP
+    assert trainer.teacher_setup.fused_logits
+    monkeypatch.setattr("hf_distill.training.teacher.shards_parameters", lambda accelerator: True)  # ZeRO-3 / FSDP
     if logit_loss == "auto":
-        trainer._check_sharded_backend()
-        assert not trainer._fused_logits
+        trainer.teacher_setup.check_sharded_backend(trainer.accelerator, trainer.args)
+        assert not trainer.teacher_setup.fused_logits
     else:
         with pytest.raises(ValueError, match=r"logit_loss='fused' reads the output heads' weights"):
-            trainer._check_sharded_backend()
+            trainer.teacher_setup.check_sharded_backend(trainer.accelerator, trainer.args)

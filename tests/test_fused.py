@@ -75,7 +75,7 @@ def _step(config_factory, logit_loss, divergence, student, teacher, **extra):
 def test_trainer_step_fused_equals_materialised_logits(config_factory, divergence):
     fused = _step(config_factory, "fused", divergence, tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2))
     plain = _step(config_factory, "logits", divergence, tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2))
-    assert fused[0]._fused_logits and not plain[0]._fused_logits
+    assert fused[0].teacher_setup.fused_logits and not plain[0].teacher_setup.fused_logits
     assert fused[1] == [1] and plain[1][0] > 1  # the fused run never computed the logits of the whole batch
     for key, value in plain[2].items():
         assert fused[2][key] == pytest.approx(value, rel=1e-5), key
@@ -156,8 +156,10 @@ def test_fused_terms_under_bf16_autocast_recompute_as_in_forward():
 
 def test_auto_fuses_only_the_batches_whose_logits_are_large(config_factory, monkeypatch):
     small = _step(config_factory, "auto", "forward_kl", tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2))
-    assert small[0]._fused_logits and small[1][0] > 1  # fusion is possible, but 8 x 20 x 96 logits are materialised
-    monkeypatch.setattr("hf_distill.trainer.FUSED_AUTO_MIN_LOGITS", 8 * 3 * 96)  # now every batch counts as large
+    # fusion is possible, but 8 x 20 x 96 logits are materialised
+    assert small[0].teacher_setup.fused_logits and small[1][0] > 1
+    # now every batch counts as large
+    monkeypatch.setattr("hf_distill.training.computer.FUSED_AUTO_MIN_LOGITS", 8 * 3 * 96)
     large = _step(config_factory, "auto", "forward_kl", tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2))
     assert large[1] == [1]
     for key, value in small[2].items():

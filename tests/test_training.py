@@ -114,7 +114,7 @@ def test_resume_restores_student_optimizer_and_projections(config_factory, tmp_p
     checkpoint = tmp_path / "full" / "checkpoint-3"
     assert (checkpoint / PROJECTOR_NAME).is_file()
     student_keys = set(load_file(str(checkpoint / "model.safetensors")))
-    assert student_keys == set(full.model.state_dict())
+    assert student_keys == set(full.student.state_dict())  # the student alone, no module prefix
     assert set(load_file(str(checkpoint / PROJECTOR_NAME))) == {
         "proj.1.weight",
         "proj.1.bias",
@@ -159,7 +159,7 @@ def test_peft_lora_student_trains_only_adapters_and_loads_with_peft(config_facto
         data_collator=PadCollator(),
     )
     trainer.train()
-    trained = trainer.model
+    trained = trainer.student
     trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     for name, value in trained.get_base_model().state_dict().items():

@@ -1,11 +1,11 @@
 """Pure tensor loss functions for distillation; they know nothing of the Trainer."""
 
+from ..dsg_kd.words import pool_word_states, word_attention_maps  # re-exported: DSG-KD owns them
 from .attention import ATTENTION_LOSSES, attention_map_loss
 from .fused import LogitTransform, OutputHead, fused_logit_terms
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
 from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, logprob_divergence, token_divergence
 from .sparse import sparse_distillation_loss
-from .words import pool_word_states, word_attention_maps
 
 __all__ = [
     "ATTENTION_LOSSES",

@@ -19,8 +19,8 @@ Returns:
 """
 
 
-class ScoresMetricMixin:
-    """`_info` / `_compute` of a metric on class scores; subclasses set `metric_name` and `score_fn`."""
+class ScoresMetric(evaluate.Metric):
+    """An `evaluate` metric on class scores; each shipped module subclasses it with `metric_name` and `score_fn`."""
 
     metric_name: str
     score_fn: Callable[[Sequence[int], Sequence[float]], float]

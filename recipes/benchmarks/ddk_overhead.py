@@ -47,10 +47,10 @@ def run(steps: int, update_steps: int, eval_batches: int, batch: int, length: in
     spent = [0.0]
     original = DDKCallback.update
 
-    def timed(self, step):
+    def timed(self, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return original(self, step)
+            return original(self, *args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - start
 

@@ -30,7 +30,7 @@ from corpus import DOMAINS, generate  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
-from hf_distill.corpus import pack_texts  # noqa: E402
+from hf_distill.recipe_tools.corpus import pack_texts  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EOS = "<|endoftext|>"

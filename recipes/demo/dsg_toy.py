@@ -5,6 +5,7 @@ for the student)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -33,8 +34,13 @@ def _corpus() -> list[str]:
     return list(notes(400, seed=123)["text"])
 
 
-def teacher_tokenizer() -> PreTrainedTokenizerFast:
-    """WordPiece, lower-cased, BERT pre-tokenization, `[CLS] ... [SEP]`: every term is one or few tokens."""
+TEACHER_TOKENIZER = Path(__file__).resolve().parent / "dsg_teacher_tokenizer.json"
+
+
+def train_teacher_tokenizer() -> Tokenizer:
+    """WordPiece, lower-cased, BERT pre-tokenization, `[CLS] ... [SEP]`: every term is one or few tokens. The trainer
+    breaks frequency ties in a random order (its vocabulary differs from call to call), so the demo ships the one
+    trained once as `dsg_teacher_tokenizer.json` (`python recipes/demo/dsg_toy.py` writes it again)."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -45,9 +51,14 @@ def teacher_tokenizer() -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
+    return tok
+
+
+def teacher_tokenizer() -> PreTrainedTokenizerFast:
+    """The teacher's WordPiece tokenizer (see [`train_teacher_tokenizer`]), the same in every call."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]",
+        tokenizer_object=Tokenizer.from_file(str(TEACHER_TOKENIZER)), unk_token="[UNK]", pad_token="[PAD]",
+        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
     )  # fmt: skip
 
 
@@ -83,3 +94,8 @@ def train_teacher(model, tokenizer, steps: int = 150, seed: int = 0, lr: float =
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
+
+
+if __name__ == "__main__":
+    train_teacher_tokenizer().save(str(TEACHER_TOKENIZER))
+    print(f"wrote {TEACHER_TOKENIZER}")

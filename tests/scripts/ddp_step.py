@@ -29,7 +29,7 @@ def main(out: str, batch_size: int) -> None:
         data_collator=PadCollator(),
     )
     trainer.train()
-    state = {f"s.{k}": v.contiguous() for k, v in trainer.model.state_dict().items()}
+    state = {f"s.{k}": v.contiguous() for k, v in trainer.student.state_dict().items()}
     state.update({f"p.{k}": v.contiguous() for k, v in trainer.projector.state_dict().items()})
     save_file(state, os.path.join(out, f"rank{trainer.args.process_index}.safetensors"))
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
-from .data import split_by_domain
+from ..ddk.data import split_by_domain
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -52,7 +52,7 @@ def load_domain_corpus(
         files = sorted(f for f in os.listdir(expanded) if os.path.splitext(f)[1] in FILE_BUILDERS)
         if not files:
             raise ValueError(
-                f"dataset_name={source!r} is a directory without data files: put one "
+                f"source={source!r} is a directory without data files: put one "
                 f"{'/'.join(FILE_BUILDERS)} file per domain in it."
             )
         parts = []
@@ -64,11 +64,11 @@ def load_domain_corpus(
         return concatenate_datasets(parts)
     if os.path.isfile(expanded):
         if os.path.splitext(expanded)[1] not in FILE_BUILDERS:
-            raise ValueError(f"dataset_name={source!r}: unknown file type; use one of {', '.join(FILE_BUILDERS)}.")
+            raise ValueError(f"source={source!r}: unknown file type; use one of {', '.join(FILE_BUILDERS)}.")
         dataset = _load_file(expanded)
     elif _looks_like_path(source):
         raise FileNotFoundError(
-            f"dataset_name={source!r} does not exist: give an existing directory (one file per domain), a "
+            f"source={source!r} does not exist: give an existing directory (one file per domain), a "
             ".jsonl/.json/.parquet/.csv file, or a hub dataset name."
         )
     else:
@@ -76,7 +76,7 @@ def load_domain_corpus(
             dataset = load_dataset(source, config_name, split=split, data_files=data_files)
         except Exception as error:  # noqa: BLE001 - datasets raises many types; the user needs one line
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"dataset_name={source!r} could not be loaded from the hub: {first_line}") from error
+            raise ValueError(f"source={source!r} could not be loaded from the hub: {first_line}") from error
     if domain_column not in dataset.column_names and "." in domain_column:
         dataset = dataset.flatten()
     _check_column(dataset, domain_column, "domain_column", source)
@@ -111,13 +111,12 @@ def hold_out(
         `tuple[Dataset, dict[str, Dataset]]`: the training examples (all domains) and the held-out ones per domain.
     """
     if size < 1:
-        raise ValueError(f"validation_size={size} must be at least 1 (examples held out per domain).")
+        raise ValueError(f"size={size} must be at least 1 (examples held out per domain).")
     train, held_out = [], {}
     for name, part in split_by_domain(dataset, domain_column).items():
         if len(part) <= size:
             raise ValueError(
-                f"Domain {name!r} has {len(part)} examples, not more than validation_size={size}: lower "
-                "validation_size or add data."
+                f"Domain {name!r} has {len(part)} examples, not more than size={size}: lower size or add data."
             )
         part = part.shuffle(seed=seed)
         held_out[name] = part.select(range(size))

@@ -1,0 +1,26 @@
+"""DDK (arXiv 2407.16154) and multi-domain training: the weighted domain sampler, the mixture update, the per-domain
+evaluator and the callback that re-weights the mixture during training."""
+
+from .callback import DDKAttach, DDKCallback, DDKParts
+from .data import DOMAIN_IDS, DomainCollator, concatenate_domains, domain_labels, split_by_domain
+from .domains import TrainingDomains
+from .evaluator import DomainEvaluator
+from .sampler import DomainWeightedSampler
+from .update import ddk_update, discrepancy_factor, parse_domain_weights
+
+__all__ = [
+    "DOMAIN_IDS",
+    "DDKAttach",
+    "DDKCallback",
+    "DDKParts",
+    "DomainCollator",
+    "DomainEvaluator",
+    "DomainWeightedSampler",
+    "TrainingDomains",
+    "concatenate_domains",
+    "ddk_update",
+    "discrepancy_factor",
+    "domain_labels",
+    "parse_domain_weights",
+    "split_by_domain",
+]

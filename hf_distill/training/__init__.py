@@ -1,0 +1,8 @@
+"""The trainer and the objects it is composed of."""
+
+from .computer import TermComputer
+from .student import PROJECTOR_NAME, DistillationStudent
+from .teacher import TeacherSetup
+from .trainer import DistillationTrainer
+
+__all__ = ["PROJECTOR_NAME", "DistillationStudent", "DistillationTrainer", "TeacherSetup", "TermComputer"]

@@ -1,0 +1,254 @@
+"""`TermComputer`: runs student and teacher on a batch and combines the registered loss terms that are on."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import DistillationConfig
+from ..losses import OutputHead, fused_logit_terms
+from ..teacher_cache import CACHE_KEYS
+from ..terms import LossTerm, TermInputs, active_terms
+from ..terms.inputs import attended, label_mask
+from ..terms.registry import (
+    ATTENDED_TOKENS,
+    ATTENTIONS,
+    DOMAIN_WORDS,
+    HIDDEN_STATES,
+    LABEL_TOKENS,
+    LABELS,
+    LOGITS,
+    PROJECTIONS,
+    TEACHER,
+    TEACHER_INPUTS,
+    needs_any,
+)
+from .teacher import TeacherSetup
+
+TEACHER_PREFIX = "teacher_"
+# logit_loss="auto" fuses a batch when tokens x vocab reaches this (512 MiB of float32 logits per model)
+FUSED_AUTO_MIN_LOGITS = 2**27
+# batch keys the models never read: the collators' extras, consumed by the terms
+_TERM_KEYS = ("word_pool", "teacher_word_pool", "word_mask", *CACHE_KEYS)
+
+
+def check_head(head: OutputHead, outputs: Any, role: str) -> None:
+    """Refuse a model whose logits are not `transform(h @ W^T + b)` (the fused loss would silently be wrong)."""
+    with torch.no_grad():
+        rebuilt = head.logits(outputs.hidden_states[-1][:, -1])
+        returned = outputs.logits[:, -1].float()
+    if not torch.allclose(rebuilt, returned, rtol=1e-2, atol=1e-2):
+        raise ValueError(
+            f"The {role}'s logits are not its output head applied to its last hidden state (max difference "
+            f"{(rebuilt - returned).abs().max().item():.3g}), so the fused logit loss cannot be used: set "
+            "DistillationConfig.logit_loss='logits'."
+        )
+
+
+class TermComputer:
+    """
+    Computes `sum_i weight_i * sum_i(batch) / count_i` over the registered terms that are on, and keeps each term's
+    per-batch mean for logging.
+
+    In training the counts are those of the whole accumulated batch over all processes (from [`count_batches`],
+    passed by the Trainer as `num_items_in_batch`), so the loss does not depend on how a batch is split; otherwise
+    they are the batch's own.
+
+    Args:
+        args ([`DistillationConfig`]): The run's settings.
+        task (`str`): The student's task.
+        teacher ([`TeacherSetup`]): The live teacher or cache, the shared vocabulary, whether logits may be fused.
+        layer_pairs (`list[tuple[int, int]]`): Student -> teacher hidden-state layers.
+        attention_pairs (`list[tuple[int, int]]`): The pairs with attention maps.
+        output_width (`int`): The student's logit width (0 when logits are never fused).
+        unwrap (`Callable[[nn.Module], nn.Module]`): Returns the 🤗 student under its wrappers (for its head).
+    """
+
+    def __init__(
+        self,
+        args: DistillationConfig,
+        task: str,
+        teacher: TeacherSetup,
+        layer_pairs: list[tuple[int, int]],
+        attention_pairs: list[tuple[int, int]],
+        output_width: int,
+        unwrap: Any,
+    ):
+        self.args, self.task, self.teacher = args, task, teacher
+        self.terms: list[LossTerm] = active_terms(args)
+        self.layer_pairs, self.attention_pairs = layer_pairs, attention_pairs
+        self.output_width, self.unwrap = output_width, unwrap
+        pools = {t.projection_pool for t in self.terms if PROJECTIONS in t.needs}
+        if len(pools) > 1:
+            raise ValueError(f"The projection terms that are on pool the hidden states differently ({pools}).")
+        self.projection_pool = pools.pop() if pools else None
+        self.metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        self._heads_checked = False
+
+    # ---- counts ----------------------------------------------------------------------------------------------
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The normalisers of one batch: label tokens, attended tokens and domain words."""
+        mask = attended(batch)
+        labels, words = batch.get("labels"), batch.get("word_mask")
+        zero = mask.new_zeros(())
+        return {
+            LABEL_TOKENS: label_mask(labels, self.task).sum() if labels is not None else zero,
+            ATTENDED_TOKENS: mask.sum(),
+            DOMAIN_WORDS: words.sum() if words is not None else zero,
+        }
+
+    def count_batches(self, batches: list[dict[str, Any]], accelerator: Any) -> dict[str, torch.Tensor] | None:
+        """The normalisers of the micro-batches of one optimizer step, summed over processes under
+        `average_tokens_across_devices`."""
+        if not batches:
+            return None
+        device = accelerator.device
+        stacked = torch.stack([torch.stack(list(self.counts(b).values())).to(device) for b in batches]).sum(0)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            stacked = accelerator.gather(stacked[None]).sum(0)
+        return dict(zip((LABEL_TOKENS, ATTENDED_TOKENS, DOMAIN_WORDS), stacked, strict=True))
+
+    # ---- the loss --------------------------------------------------------------------------------------------
+
+    def _split(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(student inputs, teacher inputs, term extras) of a batch without labels and domain ids."""
+        extras = {k: inputs.pop(k) for k in _TERM_KEYS if k in inputs}
+        teacher_inputs = {
+            k[len(TEACHER_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(TEACHER_PREFIX)
+        }
+        if not needs_any(self.terms, TEACHER_INPUTS):
+            return inputs, inputs, extras
+        if not teacher_inputs:
+            weights = ", ".join(
+                f"{t.weight}={getattr(self.args, t.weight)}" for t in self.terms if TEACHER_INPUTS in t.needs
+            )
+            raise ValueError(
+                f"{weights} need batches from DSGKDCollator (the teacher reads its own tokenization: "
+                "teacher_input_ids, ...; and word_pool, teacher_word_pool, word_mask): use it as data_collator."
+            )
+        return inputs, teacher_inputs, extras
+
+    def _fuse(self, model: nn.Module, labels: torch.Tensor | None) -> bool:
+        """`logit_loss='fused'`: always in training; `'auto'`: when the batch's logits would be large."""
+        if not (self.teacher.fused_logits and model.training and labels is not None):
+            return False
+        return self.args.logit_loss == "fused" or labels.numel() * self.output_width >= FUSED_AUTO_MIN_LOGITS
+
+    def _flags(self, fused: bool) -> dict[str, Any]:
+        flags: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1} if fused else {}
+        if needs_any(self.terms, HIDDEN_STATES):
+            flags["output_hidden_states"] = True
+        if needs_any(self.terms, ATTENTIONS):
+            flags["output_attentions"] = True
+        return flags
+
+    def loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        labels: torch.Tensor | None,
+        counts: dict[str, torch.Tensor] | None = None,
+        scale: float = 1.0,
+    ) -> tuple[torch.Tensor, Any]:
+        """
+        Run the models and return `(loss, student outputs)`.
+
+        Args:
+            model (`nn.Module`): The (wrapped) student.
+            inputs (`dict`): The batch without `labels` and domain ids.
+            labels (`torch.Tensor`, *optional*): The labels (required when a term reads them).
+            counts (`dict[str, torch.Tensor]`, *optional*): The normalisers of the whole accumulated batch; the
+                batch's own when `None`.
+            scale (`float`): Multiplies the loss (undoes DDP's gradient averaging when counts cover all processes).
+        """
+        if labels is None and needs_any(self.terms, LABELS):
+            raise ValueError(
+                "DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore) for "
+                f"{', '.join(t.weight for t in self.terms if LABELS in t.needs)} > 0; a data set without labels "
+                "trains the terms that do not read them (set those weights to 0)."
+            )
+        local = self.counts({**inputs, "labels": labels})
+        student_inputs, teacher_inputs, extras = self._split(dict(inputs))
+        fused = self._fuse(model, labels)
+        flags = self._flags(fused)
+        pool = {"hidden_pool": extras[self.projection_pool]} if self.projection_pool in extras else {}
+        outputs = model(**student_inputs, **flags, **pool)
+        teacher_outputs = None
+        if needs_any(self.terms, TEACHER):
+            with torch.no_grad():
+                teacher_outputs = self.teacher.model(**teacher_inputs, **flags)
+        x = TermInputs(
+            args=self.args, student=outputs, teacher=teacher_outputs, batch={**student_inputs, **extras},
+            labels=labels, task=self.task, vocab_size=self.teacher.vocab_size, layer_pairs=self.layer_pairs,
+            attention_pairs=self.attention_pairs,
+        )  # fmt: skip
+        if fused:
+            x.fused_logits = self._fused_sums(x, model)
+        counts = counts if counts is not None else local
+        mode = "train" if model.training else "eval"
+        loss = None
+        for term in self.terms:
+            value = term.compute(x)
+            if value is None:
+                continue
+            weighted = getattr(self.args, term.weight) * value / counts[term.normaliser].clamp_min(1)
+            loss = weighted if loss is None else loss + weighted
+            self.metrics[mode][term.log_name].append(value.detach() / local[term.normaliser].clamp_min(1))
+        return scale * loss, outputs
+
+    def _fused_sums(self, x: TermInputs, model: nn.Module) -> Any:
+        """CE and logit KD of a causal LM from the last hidden states and the heads, in token chunks (the models ran
+        with `logits_to_keep=1`, so no `[tokens, vocab]` logits exist); computed once, on the first request."""
+        done: dict[str, torch.Tensor] = {}
+
+        def sums() -> dict[str, torch.Tensor]:
+            if not done:
+                done.update(self._fused_terms(x, model))
+            return done
+
+        return sums
+
+    def _fused_terms(self, x: TermInputs, model: nn.Module) -> dict[str, torch.Tensor]:
+        args, mask = self.args, x.label_mask
+        on = {t.log_name for t in self.terms}
+        student_head = OutputHead.of(self.unwrap(model))
+        hidden = x.student.hidden_states[-1][:, :-1][mask]
+        teacher_hidden = teacher_head = None
+        if "loss_kd" in on:
+            teacher_hidden = x.teacher.hidden_states[-1][:, :-1][mask]
+            teacher_head = OutputHead.of(self.unwrap(self.teacher.model))
+        if not self._heads_checked:  # the heads must be what the models use: check on the kept position
+            check_head(student_head, x.student, "student")
+            if teacher_head is not None:
+                check_head(teacher_head, x.teacher, "teacher")
+            self._heads_checked = True
+        ce, kd = fused_logit_terms(
+            hidden, student_head, teacher_hidden, teacher_head, x.shifted_labels[mask] if "loss_ce" in on else None,
+            args.divergence, args.temperature, args.jsd_beta, self.teacher.vocab_size, args.logit_chunk_size,
+        )  # fmt: skip
+        return {"ce": ce, "kd": kd}
+
+    # ---- logging ---------------------------------------------------------------------------------------------
+
+    def pop_means(self, mode: str, accelerator: Any) -> dict[str, float]:
+        """The mean of each recorded value since the last call (averaged over processes), then cleared."""
+        means = {}
+        for key, values in self.metrics[mode].items():
+            value = torch.stack(values).mean()
+            if self.args.world_size > 1:
+                value = accelerator.reduce(value, reduction="mean")
+            means[key] = value.item()
+        self.metrics[mode].clear()
+        return means
+
+    @property
+    def uses_logits(self) -> bool:
+        """Whether a term reads the student's logits (otherwise its output head can be skipped)."""
+        return needs_any(self.terms, LOGITS)

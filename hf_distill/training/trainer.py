@@ -1,0 +1,473 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that distils a frozen teacher into the student it trains.
+
+Every `Trainer` method this package overrides is in this file; the work is done by small objects with explicit
+inputs: the teacher set-up ([`TeacherSetup`]), the loss terms ([`TermComputer`]), the training domains and their
+evaluator ([`TrainingDomains`], [`DomainEvaluator`]) and the student module ([`DistillationStudent`]).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.utils import find_labels, logging
+
+from ..alignment import attention_layer_pairs, resolve_layer_map
+from ..config import DistillationConfig
+from ..ddk import DDKAttach, DDKCallback, DDKParts, DomainEvaluator, DomainWeightedSampler, TrainingDomains
+from ..ddk.data import DOMAIN_IDS
+from ..losses import HiddenProjector
+from ..modeling import (
+    base_model,
+    check_attentions_available,
+    hidden_size,
+    infer_task,
+    load_pretrained,
+    num_layers,
+    output_size,
+)
+from ..teacher_cache import TeacherCacheCollator
+from ..terms import active_terms
+from ..terms.registry import LOGITS
+from .computer import TermComputer
+from .publish import push_staged_student, student_card
+from .student import PROJECTOR_NAME, DistillationStudent, encoder_of
+from .teacher import TeacherSetup
+
+logger = logging.get_logger(__name__)
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$")
+
+__all__ = ["PROJECTOR_NAME", "DistillationTrainer"]
+
+
+class DistillationTrainer(Trainer):
+    """
+    A [`~transformers.Trainer`] that trains `model` (the student) against a frozen `teacher_model`.
+
+    `compute_loss` runs the teacher (without gradients) and the student once each and adds the registered loss terms
+    that [`DistillationConfig`] turns on (see `hf_distill.terms`): the task cross-entropy, the logit divergence at a
+    temperature, the hidden-state distance at mapped layers (through learned projections when widths differ), the
+    attention-map distance, and DSG-KD's word-level terms. Each term is normalised over its count (label tokens,
+    attended tokens or domain words) of the whole accumulated batch, so the loss does not depend on how a batch is
+    split for gradient accumulation, and each is logged separately (`loss_ce`, `loss_kd`, `loss_hidden`, ...).
+
+    The teacher is put in eval mode, frozen, cast to the student's compute dtype, placed by accelerate (sharded under
+    FSDP and DeepSpeed ZeRO-3), and never saved or optimised. With `args.teacher_cache` (a directory written by
+    [`build_teacher_cache`]) no teacher is loaded: logit KD reads the teacher's cached top-k log-probabilities.
+    The learned projections live with the student in one [`DistillationStudent`] module (one optimizer, clipped,
+    synchronised and sharded together); `save_model` and `push_to_hub` write the student alone, and each checkpoint
+    also holds `distill_projections.safetensors`, which `resume_from_checkpoint` restores.
+
+    Headless students and teachers (`AutoModel`, e.g. sentence encoders) distil with hidden-state / attention terms on
+    data without labels; a student with an output head that no term reads (e.g. `BertForMaskedLM` with hidden terms
+    only) runs its encoder alone.
+
+    A training set with a `args.domain_column` column (or a dict of domain name -> dataset) is sampled by a
+    [`DomainWeightedSampler`] with the mixture `args.ddk_initial_weights`; with `args.ddk_update_steps` a
+    [`DDKCallback`] re-weights it toward the domains where the student lags the teacher most (DDK), measured on
+    `ddk_eval_dataset`. The share of each domain in the training batches is logged as `domain_share/<domain>`.
+
+    Args:
+        model (`PreTrainedModel` or `str`): The student, or a hub id / local path to load it from (safetensors).
+        teacher_model (`PreTrainedModel` or `str`, *optional*): The teacher, or a hub id / local path (safetensors,
+            `trust_remote_code` only if `args.teacher_trust_remote_code`); not needed with `args.teacher_cache` or
+            when every teacher term is 0.
+        args (`DistillationConfig`): Training and distillation settings.
+        peft_config (`peft.PeftConfig`, *optional*): When given, the student is wrapped with `get_peft_model` and
+            only its adapters are trained.
+        ddk_eval_dataset (`Dataset` or `dict[str, Dataset]`, *optional*): Held-out data of every domain for DDK (a
+            dataset with the domain column, or one per domain); defaults to `eval_dataset` when it has domains.
+        **kwargs: Every other [`~transformers.Trainer`] argument (`train_dataset`, `data_collator`,
+            `processing_class`, `callbacks`, ...). `processing_class` (the tokenizer) also tells the real vocabulary
+            size when the teacher's and student's vocabularies differ by padding rows.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: DistillationConfig | None = None,
+        peft_config: Any | None = None,
+        ddk_eval_dataset: Any | None = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = DistillationConfig(output_dir="tmp_trainer")
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}.")
+        if model is None:
+            raise ValueError("DistillationTrainer needs a student `model` (a model or a hub id / local path).")
+        self._hub_token, args.hub_token = args.hub_token, None  # never in training_args.bin
+        self.model_card_info: dict[str, Any] = {}
+        train_dataset, self.domains = self._check_domains(args, kwargs, ddk_eval_dataset)
+        student, self.task = self._load_student(model, args, peft_config)
+        self.teacher_setup = TeacherSetup.build(
+            teacher_model, student, args, self.task, kwargs.get("processing_class")
+        )
+        if self.teacher_setup.cache is not None and train_dataset is not None:
+            train_dataset = self.teacher_setup.cache.attach(train_dataset)
+        kwargs["train_dataset"] = train_dataset
+        layer_pairs, projections = self._layer_pairs_and_projections(args, student)
+        output_width = output_size(student, self.task) if self.teacher_setup.fused_logits else 0
+        self.loss_terms = TermComputer(
+            args, self.task, self.teacher_setup, layer_pairs, attention_layer_pairs(layer_pairs), output_width,
+            lambda m: base_model(self.accelerator.unwrap_model(m)),
+        )  # fmt: skip
+        module = self._student_module(student, projections, args)
+        if args.push_to_hub and args.hub_strategy != HubStrategy.END:
+            logger.warning(
+                f"hub_strategy={args.hub_strategy.value!r} is set to 'end': hf_distill does not push checkpoints "
+                "(they hold projections and optimizer state); the student is pushed by save_model() / push_to_hub()."
+            )
+            args.hub_strategy = HubStrategy.END
+        if args.ddk_update_steps is not None and not args.restore_callback_states_from_checkpoint:
+            logger.info("DDK restores its state on resume: restore_callback_states_from_checkpoint is set to True.")
+            args.restore_callback_states_from_checkpoint = True
+        super().__init__(model=module, args=args, **kwargs)
+        if args.label_names is None:  # the student's label arguments, not those of the student module
+            self.label_names = find_labels(type(base_model(student)))
+        self.can_return_loss = True  # evaluation computes the distillation loss, also on data without labels
+        self.teacher_setup.check_sharded_backend(self.accelerator, args)
+        self.teacher_setup.place(self.accelerator)
+        if self.teacher_setup.cache is not None:
+            self.data_collator = TeacherCacheCollator(self.data_collator, self.teacher_setup.cache)
+        if self.domains is not None:
+            self.data_collator = self.domains.collator(self.data_collator)
+        self.domain_evaluator = DomainEvaluator(
+            self.data_collator, partial(self._remove_unused_columns, description="domain evaluation"),
+            self.accelerator, args.per_device_eval_batch_size, args.seed, self.task, self.teacher_setup.vocab_size,
+            args.logit_chunk_size, self.compute_loss_context_manager,
+            self.domains.validation if self.domains is not None else None,
+        )  # fmt: skip
+        if args.ddk_update_steps is not None:
+            parts = DDKParts(
+                self.domains, self.domain_evaluator, self.teacher_setup.model, self.log, args.train_batch_size,
+                args.ddk_eval_batches,
+            )  # fmt: skip
+            self.add_callback(DDKAttach(self.callback_handler.callbacks, parts))
+            self.add_callback(DDKCallback())
+
+    # ---- set-up (before Trainer.__init__) ----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_domains(args: DistillationConfig, kwargs: dict[str, Any], ddk_eval_dataset: Any) -> tuple[Any, Any]:
+        if ddk_eval_dataset is not None and args.ddk_update_steps is None:
+            logger.warning("ddk_eval_dataset is ignored: DDK is off (set ddk_update_steps to turn it on).")
+        train_dataset, domains = TrainingDomains.from_data(
+            args, kwargs.get("train_dataset"), ddk_eval_dataset, kwargs.get("eval_dataset")
+        )
+        return train_dataset, domains
+
+    @staticmethod
+    def _load_student(model: PreTrainedModel | str, args: DistillationConfig, peft_config: Any) -> tuple[Any, str]:
+        if isinstance(model, str):
+            task = "causal_lm" if args.task == "auto" else args.task
+            model = load_pretrained(model, task, torch.float32, args.matches_attentions, False)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        task = infer_task(model, "student") if args.task == "auto" else args.task
+        logit_terms = [t.weight for t in active_terms(args) if LOGITS in t.needs]
+        if task == "feature_extraction" and logit_terms:
+            raise ValueError(
+                f"The student {type(base_model(model)).__name__} is headless (AutoModel): it has no logits for "
+                f"{', '.join(f'{w}={getattr(args, w)}' for w in dict.fromkeys(logit_terms))}; set them to 0 and "
+                "distil its hidden states or attention maps (hidden_weight, attention_weight)."
+            )
+        return model, task
+
+    def _layer_pairs_and_projections(self, args: DistillationConfig, student: nn.Module) -> tuple[list, Any]:
+        teacher = self.teacher_setup.model
+        pairs: list[tuple[int, int]] = []
+        if args.matches_hidden_states or args.matches_attentions:
+            pairs = resolve_layer_map(
+                args.layer_map, num_layers(student), num_layers(teacher), args.hidden_include_embeddings
+            )
+        if args.matches_attentions:
+            if not attention_layer_pairs(pairs):
+                raise ValueError(f"layer_map={args.layer_map!r} maps no transformer block (only layer 0): fix it.")
+            check_attentions_available(student, "student")
+            check_attentions_available(teacher, "teacher")
+        projections = None
+        if args.matches_hidden_states:
+            projections = HiddenProjector([s for s, _ in pairs], hidden_size(student), hidden_size(teacher))
+        return pairs, projections
+
+    def _student_module(self, student: nn.Module, projections: HiddenProjector | None, args: DistillationConfig):
+        """The student alone, or a [`DistillationStudent`] with its projections and/or without its output head."""
+        skip_head = (
+            not self.loss_terms.uses_logits
+            and args.ddk_update_steps is None  # DDK measures the student's cross-entropy
+            and encoder_of(student) is not base_model(student)
+        )
+        if projections is None and not skip_head:
+            return student
+        return DistillationStudent(student, projections, skip_head)
+
+    # ---- the student and the teacher ---------------------------------------------------------------------------
+
+    @property
+    def student(self) -> nn.Module:
+        """The 🤗 student being trained (without the projections or any distributed wrapper)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.student if isinstance(model, DistillationStudent) else model
+
+    @property
+    def projector(self) -> HiddenProjector | None:
+        """The learned hidden-state projections (inside the student module), if any term uses them."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.projections if isinstance(model, DistillationStudent) else None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher as placed by accelerate (`None` with a teacher cache or no teacher term)."""
+        return self.teacher_setup.model
+
+    @property
+    def teacher_cache(self) -> Any:
+        return self.teacher_setup.cache
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Logits are compared on their first `vocab_size` entries (the real vocabulary of padded heads)."""
+        return self.teacher_setup.vocab_size
+
+    @property
+    def layer_pairs(self) -> list[tuple[int, int]]:
+        return self.loss_terms.layer_pairs
+
+    @property
+    def attention_pairs(self) -> list[tuple[int, int]]:
+        return self.loss_terms.attention_pairs
+
+    @property
+    def _metrics(self) -> dict[str, dict[str, list[torch.Tensor]]]:
+        return self.loss_terms.metrics
+
+    # ---- domains and DDK ---------------------------------------------------------------------------------------
+
+    @property
+    def domain_names(self) -> list[str] | None:
+        return self.domains.names if self.domains is not None else None
+
+    @property
+    def domain_sampler(self) -> DomainWeightedSampler | None:
+        """The sampler of the current (or last) training run, when the training set has domains."""
+        return self.domains.sampler if self.domains is not None else None
+
+    @property
+    def ddk_callback(self) -> DDKCallback | None:
+        """The live [`DDKCallback`] (the Trainer replaces it with one rebuilt from the checkpoint on resume)."""
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, DDKCallback)), None)
+
+    def evaluate_domains(
+        self, model: nn.Module | None = None, datasets: Any | None = None, max_batches: int | None = None
+    ) -> dict[str, float]:
+        """
+        Mean token cross-entropy of a model on each domain's held-out data (`exp` of it is the perplexity).
+
+        Args:
+            model (`torch.nn.Module`, *optional*): The student (default), the teacher or any model with the same
+                inputs.
+            datasets (`Mapping[str, Dataset]`, *optional*): Data per domain (tokenized, with labels); defaults to the
+                DDK validation sets.
+            max_batches (`int`, *optional*): Batches of `per_device_eval_batch_size` per process and domain; all by
+                default.
+
+        Returns:
+            `dict[str, float]`: domain name -> mean token cross-entropy over all processes.
+        """
+        return self.domain_evaluator.evaluate(self.model if model is None else model, datasets, max_batches)
+
+    def collate_domain_batches(self, datasets: Any, max_batches: int | None = None) -> list[list[dict[str, Any]]]:
+        """This process's share of each domain's evaluation batches (see [`DomainEvaluator.collate`])."""
+        return self.domain_evaluator.collate(datasets, max_batches)
+
+    def domain_token_losses(
+        self, model: nn.Module, batches: list[list[dict[str, Any]]], names: list[str]
+    ) -> list[float]:
+        """Mean token cross-entropy of `model` on each domain's batches (see [`DomainEvaluator.batch_losses`])."""
+        return self.domain_evaluator.batch_losses(model, batches, names)
+
+    # ---- Trainer hooks: the loss -------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """
+        Take the micro-batches of one optimizer step and count the normalisers of every term over all of them (and
+        over all processes under `average_tokens_across_devices`): label tokens, attended tokens, domain words. The
+        counts reach [`compute_loss`] as `num_items_in_batch`.
+        """
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        return batches, self.loss_terms.count_batches(batches, self.accelerator)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: dict[str, torch.Tensor] | torch.Tensor | int | None = None,
+    ):
+        """
+        Run teacher and student once each and return the weighted sum of the loss terms that are on.
+
+        Args:
+            model (`nn.Module`): The (wrapped) student.
+            inputs (`dict`): The batch; `labels` are needed when a term reads them (CE, logit KD).
+            return_outputs (`bool`): Also return the student outputs (without hidden states and attentions).
+            num_items_in_batch (`dict[str, torch.Tensor]`, *optional*): The term normalisers of the whole accumulated
+                batch ([`get_batch_samples`]); in training the loss is then already scaled for gradient
+                accumulation. Otherwise (evaluation, or a plain label count) each term is normalised by this batch.
+
+        Returns:
+            The loss, or `(loss, outputs)` when `return_outputs`.
+        """
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        domain_ids = inputs.pop(DOMAIN_IDS, None)
+        whole_batch = model.training and isinstance(num_items_in_batch, dict)
+        counts, scale = (num_items_in_batch, 1) if whole_batch else (None, 1)
+        if whole_batch and self.args.average_tokens_across_devices:
+            scale = self.accelerator.num_processes  # counts cover every process; DDP averages gradients: undo it
+        loss, outputs = self.loss_terms.loss(model, inputs, labels, counts, scale)
+        if model.training and domain_ids is not None and self.domains is not None:
+            for key, value in self.domains.shares(domain_ids).items():
+                self._metrics["train"][key].append(value)
+        self.loss_is_scaled_for_ga = whole_batch
+        if return_outputs:
+            keep = {
+                k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions", "projected_hidden_states")
+            }
+            return loss, type(outputs)(**keep)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log (averaged over processes) to the Trainer's logs."""
+        mode = "train" if self.model.training else "eval"
+        if mode == "train" and "loss" not in logs:  # not a training log step (e.g. DDK's update log)
+            return super().log(logs, start_time)
+        means = self.loss_terms.pop_means(mode, self.accelerator)
+        logs.update(
+            {k if mode == "train" else f"eval_{k}": v for k, v in means.items()}
+        )  # in place: evaluate() returns it
+        super().log(logs, start_time)
+
+    # ---- Trainer hooks: data -----------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """The student's forward arguments (not the student module's `**kwargs`), plus the columns the collator
+        reads (`required_columns`: the domain, DSG-KD's raw text)."""
+        if self._signature_columns is None and isinstance(self.model, DistillationStudent):
+            import inspect
+
+            self._signature_columns = list(inspect.signature(base_model(self.model.student).forward).parameters)
+            self._signature_columns += list({"label", "label_ids", *self.label_names})
+        super()._set_signature_columns_if_needed()
+        for column in getattr(self.data_collator, "required_columns", ()):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """A training set with domains is drawn by a new [`DomainWeightedSampler`] for each training run."""
+        if self.domains is None:
+            return super()._get_train_sampler(train_dataset)
+        if self.args.train_sampling_strategy != "random":
+            logger.warning(
+                f"train_sampling_strategy={self.args.train_sampling_strategy!r} is ignored: the training set has "
+                "domains, so examples are drawn by the DomainWeightedSampler."
+            )
+        return self.domains.new_sampler(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+    # ---- Trainer hooks: saving, resuming, publishing -----------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the student alone (`from_pretrained`-loadable); in a checkpoint also the learned projections."""
+        if not isinstance(self.model, DistillationStudent):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return None
+        os.makedirs(output_dir, exist_ok=True)
+        student_state, projections = DistillationStudent.split_state_dict(
+            state_dict if state_dict is not None else self.model.state_dict()
+        )
+        self.model.student.save_pretrained(output_dir, state_dict=student_state)
+        if projections and _CHECKPOINT.match(os.path.basename(os.path.normpath(output_dir))):
+            DistillationStudent.save_projections(projections, output_dir)
+        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Load the student's weights (as the Trainer does, PEFT adapters included) and the projections."""
+        if model is not None or not isinstance(self.model, DistillationStudent):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.student)
+        if self.model.has_projection_weights():
+            self.model.load_projections(resume_from_checkpoint)
+        return None
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        super().init_hf_repo(token=token if token is not None else self._hub_token, private=private)
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write the distillation card to `output_dir/README.md` (main process); see [`model_card`]."""
+        card = self.model_card(**kwargs)
+        if self.is_world_process_zero():
+            card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def model_card(self, **kwargs: Any) -> Any:
+        """The distillation card (`huggingface_hub.ModelCard`); keyword arguments update `model_card_info`
+        (`dataset_name`, `results`, `teacher_name`, `tags`, `model_name`)."""
+        self.model_card_info.update(kwargs)
+        sampler = self.domain_sampler
+        weights = dict(zip(sampler.domain_names, sampler.weights, strict=True)) if sampler is not None else None
+        return student_card(self.args, self.student, self.teacher, self.layer_pairs, weights, self.model_card_info)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """
+        Upload the student, its tokenizer and a distillation model card to `args.hub_model_id` (blocking).
+
+        Args:
+            commit_message (`str`, *optional*): The commit message.
+            blocking (`bool`): Ignored; the upload always completes before returning (the staged folder is removed
+                afterwards).
+            token (`str`, *optional*): A write token; defaults to `args.hub_token` (kept off the saved arguments) or
+                the token of `huggingface-cli login`.
+            revision (`str`, *optional*): Branch to push to; defaults to `args.hub_revision`.
+            private (`bool`, *optional*): Visibility when the repository is created.
+            kwargs: Update `model_card_info` (`dataset_name`, `results`, `teacher_name`, `tags`, `model_name`).
+
+        Returns:
+            `huggingface_hub.CommitInfo` on the main process, `None` on the others.
+        """
+        token = token if token is not None else self._hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        return push_staged_student(
+            self.args.output_dir, lambda folder: self.save_model(folder, _internal_call=True),
+            self.is_world_process_zero(), lambda: self.model_card(**kwargs), self.hub_model_id, token,
+            commit_message or "End of training", revision or self.args.hub_revision,
+        )  # fmt: skip

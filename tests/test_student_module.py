@@ -1,0 +1,74 @@
+"""The student and its learned projections as one module: one optimizer, plain `from_pretrained` output, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import PadCollator, lm_dataset, tiny_llama
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
+
+from hf_distill import PROJECTOR_NAME, DistillationStudent, DistillationTrainer
+
+
+def _run(config_factory, tmp_path, name, max_steps, resume=None):
+    args = config_factory(
+        output_dir=str(tmp_path / name), max_steps=max_steps, save_strategy="steps", save_steps=3,
+        learning_rate=3e-3, hidden_weight=1.0, gamma=1.0, max_grad_norm=0.5,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=lm_dataset(n=64), data_collator=PadCollator(),
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_one_module_one_optimizer_plain_output_and_exact_resume(config_factory, tmp_path):
+    full = _run(config_factory, tmp_path, "full", 6)
+    module = full.model
+    assert isinstance(module, DistillationStudent) and module.student is full.student
+    projections = {id(p) for p in full.projector.parameters()}
+    assert projections and projections <= {id(p) for p in module.parameters()}
+    # one optimizer parameter-group set (the Trainer's decay / no-decay split) covering student and projections
+    groups = [{id(p) for p in g["params"]} for g in full.optimizer.param_groups]
+    assert len(groups) == 2 and set().union(*groups) == {id(p) for p in module.parameters()}
+    assert all(p.grad is None or not p.grad.abs().sum() for p in module.parameters())  # zeroed together
+
+    out = tmp_path / "student"
+    full.save_model(str(out))
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert keys == set(full.student.state_dict()) and not [
+        k for k in keys if k.startswith(("projections.", "student."))
+    ]
+    assert not (out / PROJECTOR_NAME).exists()
+    reloaded = LlamaForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.randint(1, 90, (2, 9))
+    full.student.eval()
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, full.student(input_ids=ids).logits)
+
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert set(load_file(str(checkpoint / "model.safetensors"))) == keys  # a checkpoint's student is plain too
+    resumed = _run(config_factory, tmp_path, "resumed", 6, resume=str(checkpoint))
+    steps = [[h for h in run.state.log_history if "loss" in h and h["step"] > 3] for run in (full, resumed)]
+    assert [h["step"] for h in steps[1]] == [4, 5, 6]
+    for a, b in zip(*steps, strict=True):
+        for key in ("loss", "loss_ce", "loss_kd", "loss_hidden", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+
+def test_a_checkpoint_of_the_previous_release_is_refused_with_how_to_go_on(config_factory, tmp_path):
+    _run(config_factory, tmp_path, "old", 3)
+    checkpoint = tmp_path / "old" / "checkpoint-3"
+    path = checkpoint / PROJECTOR_NAME
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["layout"] == "student_module"
+    save_file(load_file(str(path)), str(path), metadata={"format": "pt"})  # what hf_distill 0.1 wrote
+    with pytest.raises(ValueError, match=r"written by hf_distill 0.1.*start a new run from its weights"):
+        _run(config_factory, tmp_path, "new", 6, resume=str(checkpoint))
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 3  # untouched
