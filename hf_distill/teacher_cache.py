@@ -107,44 +107,15 @@ def build_teacher_cache(
     device = next(teacher.parameters()).device
     teacher.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    shards, buffer, total_tokens = [], {"logprobs": [], "indices": [], "lengths": []}, 0
-
-    def flush(first: int, last: int) -> None:
-        name = f"shard-{len(shards):05d}.safetensors"
-        lengths = torch.tensor([0] + buffer["lengths"], dtype=torch.int64)
-        tensors = {
-            "logprobs": torch.cat(buffer["logprobs"]).to(dtype).contiguous(),
-            "indices": torch.cat(buffer["indices"]).to(torch.int32).contiguous(),
-            "offsets": lengths.cumsum(0),
-        }
-        save_file(tensors, os.path.join(output_dir, name), metadata={"format": "pt"})
-        shards.append({"file": name, "first_example": first, "last_example": last})
-        for values in buffer.values():
-            values.clear()
-
-    n, shard_start = len(dataset), 0
+    writer, n = _ShardWriter(output_dir, dtype, examples_per_shard), len(dataset)
     for start in range(0, n, batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, n))]
-        length = max(len(row["input_ids"]) for row in rows)
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for b, row in enumerate(rows):
-            attended = _attended_rows(row)
-            ids[b, : len(row["input_ids"])] = torch.as_tensor(list(row["input_ids"]))
-            mask[b, attended] = 1
+        ids, mask = _padded(rows, pad)
         logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for b, row in enumerate(rows):
             positions = torch.tensor(_attended_rows(row), dtype=torch.long, device=logits.device)
             logprobs = F.log_softmax(logits[b, positions, :vocab].float() / temperature, dim=-1)
-            values, indices = logprobs.topk(k, dim=-1)
-            buffer["logprobs"].append(values.cpu())
-            buffer["indices"].append(indices.cpu())
-            buffer["lengths"].append(len(positions))
-            total_tokens += len(positions)
-            index = start + b
-            if index + 1 - shard_start == examples_per_shard or index == n - 1:
-                flush(shard_start, index)
-                shard_start = index + 1
+            writer.add(start + b, *logprobs.topk(k, dim=-1), last=start + b == n - 1)
     manifest = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
@@ -155,15 +126,58 @@ def build_teacher_cache(
         "vocab_size": vocab,
         "dtype": str(dtype).removeprefix("torch."),
         "num_examples": n,
-        "num_tokens": total_tokens,
+        "num_tokens": writer.total_tokens,
         "dataset_fingerprint": dataset_fingerprint(row["input_ids"] for row in dataset),
-        "shards": shards,
+        "shards": writer.shards,
     }
     tmp = os.path.join(output_dir, MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
     os.replace(tmp, os.path.join(output_dir, MANIFEST))
     return manifest
+
+
+def _padded(rows: list[dict[str, Any]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded `input_ids` and the attention mask of the attended positions of `rows`."""
+    length = max(len(row["input_ids"]) for row in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, : len(row["input_ids"])] = torch.as_tensor(list(row["input_ids"]))
+        mask[b, _attended_rows(row)] = 1
+    return ids, mask
+
+
+class _ShardWriter:
+    """Collects each example's top-k rows and writes them `examples_per_shard` examples to a safetensors shard."""
+
+    def __init__(self, output_dir: str, dtype: torch.dtype, examples_per_shard: int):
+        self.output_dir, self.dtype, self.examples_per_shard = output_dir, dtype, examples_per_shard
+        self.shards: list[dict[str, Any]] = []
+        self.buffer: dict[str, list] = {"logprobs": [], "indices": [], "lengths": []}
+        self.first, self.total_tokens = 0, 0
+
+    def add(self, index: int, values: torch.Tensor, indices: torch.Tensor, last: bool) -> None:
+        self.buffer["logprobs"].append(values.cpu())
+        self.buffer["indices"].append(indices.cpu())
+        self.buffer["lengths"].append(len(values))
+        self.total_tokens += len(values)
+        if index + 1 - self.first == self.examples_per_shard or last:
+            self._flush(index)
+
+    def _flush(self, last: int) -> None:
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        lengths = torch.tensor([0] + self.buffer["lengths"], dtype=torch.int64)
+        tensors = {
+            "logprobs": torch.cat(self.buffer["logprobs"]).to(self.dtype).contiguous(),
+            "indices": torch.cat(self.buffer["indices"]).to(torch.int32).contiguous(),
+            "offsets": lengths.cumsum(0),
+        }
+        save_file(tensors, os.path.join(self.output_dir, name), metadata={"format": "pt"})
+        self.shards.append({"file": name, "first_example": self.first, "last_example": last})
+        self.first = last + 1
+        for values in self.buffer.values():
+            values.clear()
 
 
 class TeacherCache:

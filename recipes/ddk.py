@@ -214,10 +214,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
     args, validation = trainer.args, data["validation"]
 
-    batches, names = trainer.collate_domain_batches(validation, script.max_eval_batches), list(validation)
+    evaluator, names = trainer.domain_evaluator, list(validation)
+    batches = evaluator.collate(validation, script.max_eval_batches)
 
     def domain_losses(model: torch.nn.Module) -> dict[str, float]:  # the held-out batches are collated once
-        return dict(zip(names, trainer.domain_token_losses(model, batches, names), strict=True))
+        return dict(zip(names, evaluator.batch_losses(model, batches, names), strict=True))
 
     results = {"teacher": domain_losses(trainer.teacher)}
     if is_deepspeed_zero3_enabled():  # the student is partitioned at load and only usable inside its engine

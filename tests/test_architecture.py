@@ -144,3 +144,36 @@ def test_no_callback_zeroes_projection_gradients_and_projections_share_the_optim
     trainable = [id(p) for p in trainer.model.parameters() if p.requires_grad]
     assert sorted(optimized) == sorted(trainable) and len(trainer.optimizer.param_groups) == 2  # decay / no decay
     assert {id(p) for p in trainer.projector.parameters()} <= set(optimized)
+
+
+# ---- the architecture page matches the code -----------------------------------------------------------------------
+
+
+def _architecture_page() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    return readme[readme.index("## Architecture") :]
+
+
+def test_the_architecture_page_maps_every_module_and_term():
+    page = _architecture_page()
+    assert len(page.splitlines()) <= 120
+    modules = [p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    modules = [m for m in modules if m.parts[0] not in ("metrics",)]  # the metrics folder is listed as a whole
+    unlisted = []
+    for module in modules:
+        folder = f"`{module.parts[0]}/`" if len(module.parts) > 1 else None
+        if f"`{module.as_posix()}`" not in page and f"`{module.name}`" not in page and folder not in page:
+            unlisted.append(str(module))
+    assert not unlisted
+    for term in hf_distill.registered_terms():
+        assert f"| `{term.name}` | `{term.log_name}` | `{term.weight}` |" in page, term.name
+    for method in ("_save", "_load_from_checkpoint", "_set_signature_columns_if_needed", "_get_train_sampler"):
+        assert method in vars(DistillationTrainer) and f"| `{method}` (override)" in page
+    private = {name for name in vars(DistillationTrainer) if name.startswith("_") and not name.startswith("__")}
+    own = {"_adjust_args", "_attach_domains", "_metrics"}  # hf_distill's own helpers, not Trainer methods
+    assert {name for name in private - own if hasattr(Trainer, name)} == {
+        "_save",
+        "_load_from_checkpoint",
+        "_set_signature_columns_if_needed",
+        "_get_train_sampler",
+    }

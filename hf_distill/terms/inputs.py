@@ -60,7 +60,7 @@ class TermInputs:
     @property
     def label_mask(self) -> torch.Tensor:
         """The label positions that count, aligned with the logits."""
-        return self.shifted_labels.ne(-100)
+        return label_mask(self.labels, self.task)
 
     def aligned(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (or per-position cached values) aligned with [`shifted_labels`]."""

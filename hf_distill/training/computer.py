@@ -11,21 +11,9 @@ from torch import nn
 from ..config import DistillationConfig
 from ..losses import OutputHead, fused_logit_terms
 from ..teacher_cache import CACHE_KEYS
-from ..terms import LossTerm, TermInputs, active_terms
+from ..terms import LossTerm, TermInputs, active_terms, registry
 from ..terms.inputs import attended, label_mask
-from ..terms.registry import (
-    ATTENDED_TOKENS,
-    ATTENTIONS,
-    DOMAIN_WORDS,
-    HIDDEN_STATES,
-    LABEL_TOKENS,
-    LABELS,
-    LOGITS,
-    PROJECTIONS,
-    TEACHER,
-    TEACHER_INPUTS,
-    needs_any,
-)
+from ..terms.registry import NORMALISERS, needs_any
 from .teacher import TeacherSetup
 
 TEACHER_PREFIX = "teacher_"
@@ -81,7 +69,7 @@ class TermComputer:
         self.terms: list[LossTerm] = active_terms(args)
         self.layer_pairs, self.attention_pairs = layer_pairs, attention_pairs
         self.output_width, self.unwrap = output_width, unwrap
-        pools = {t.projection_pool for t in self.terms if PROJECTIONS in t.needs}
+        pools = {t.projection_pool for t in self.terms if registry.PROJECTIONS in t.needs}
         if len(pools) > 1:
             raise ValueError(f"The projection terms that are on pool the hidden states differently ({pools}).")
         self.projection_pool = pools.pop() if pools else None
@@ -99,9 +87,9 @@ class TermComputer:
         labels, words = batch.get("labels"), batch.get("word_mask")
         zero = mask.new_zeros(())
         return {
-            LABEL_TOKENS: label_mask(labels, self.task).sum() if labels is not None else zero,
-            ATTENDED_TOKENS: mask.sum(),
-            DOMAIN_WORDS: words.sum() if words is not None else zero,
+            registry.LABEL_TOKENS: label_mask(labels, self.task).sum() if labels is not None else zero,
+            registry.ATTENDED_TOKENS: mask.sum(),
+            registry.DOMAIN_WORDS: words.sum() if words is not None else zero,
         }
 
     def count_batches(self, batches: list[dict[str, Any]], accelerator: Any) -> dict[str, torch.Tensor] | None:
@@ -113,7 +101,7 @@ class TermComputer:
         stacked = torch.stack([torch.stack(list(self.counts(b).values())).to(device) for b in batches]).sum(0)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             stacked = accelerator.gather(stacked[None]).sum(0)
-        return dict(zip((LABEL_TOKENS, ATTENDED_TOKENS, DOMAIN_WORDS), stacked, strict=True))
+        return dict(zip(NORMALISERS, stacked, strict=True))
 
     # ---- the loss --------------------------------------------------------------------------------------------
 
@@ -123,11 +111,11 @@ class TermComputer:
         teacher_inputs = {
             k[len(TEACHER_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(TEACHER_PREFIX)
         }
-        if not needs_any(self.terms, TEACHER_INPUTS):
+        if not needs_any(self.terms, registry.TEACHER_INPUTS):
             return inputs, inputs, extras
         if not teacher_inputs:
             weights = ", ".join(
-                f"{t.weight}={getattr(self.args, t.weight)}" for t in self.terms if TEACHER_INPUTS in t.needs
+                f"{t.weight}={getattr(self.args, t.weight)}" for t in self.terms if registry.TEACHER_INPUTS in t.needs
             )
             raise ValueError(
                 f"{weights} need batches from DSGKDCollator (the teacher reads its own tokenization: "
@@ -143,9 +131,9 @@ class TermComputer:
 
     def _flags(self, fused: bool) -> dict[str, Any]:
         flags: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1} if fused else {}
-        if needs_any(self.terms, HIDDEN_STATES):
+        if needs_any(self.terms, registry.HIDDEN_STATES):
             flags["output_hidden_states"] = True
-        if needs_any(self.terms, ATTENTIONS):
+        if needs_any(self.terms, registry.ATTENTIONS):
             flags["output_attentions"] = True
         return flags
 
@@ -168,11 +156,11 @@ class TermComputer:
                 batch's own when `None`.
             scale (`float`): Multiplies the loss (undoes DDP's gradient averaging when counts cover all processes).
         """
-        if labels is None and needs_any(self.terms, LABELS):
+        if labels is None and needs_any(self.terms, registry.LABELS):
             raise ValueError(
                 "DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore) for "
-                f"{', '.join(t.weight for t in self.terms if LABELS in t.needs)} > 0; a data set without labels "
-                "trains the terms that do not read them (set those weights to 0)."
+                f"{', '.join(t.weight for t in self.terms if registry.LABELS in t.needs)} > 0; a data set without "
+                "labels trains the terms that do not read them (set those weights to 0)."
             )
         local = self.counts({**inputs, "labels": labels})
         student_inputs, teacher_inputs, extras = self._split(dict(inputs))
@@ -181,7 +169,7 @@ class TermComputer:
         pool = {"hidden_pool": extras[self.projection_pool]} if self.projection_pool in extras else {}
         outputs = model(**student_inputs, **flags, **pool)
         teacher_outputs = None
-        if needs_any(self.terms, TEACHER):
+        if needs_any(self.terms, registry.TEACHER):
             with torch.no_grad():
                 teacher_outputs = self.teacher.model(**teacher_inputs, **flags)
         x = TermInputs(
@@ -201,6 +189,8 @@ class TermComputer:
             weighted = getattr(self.args, term.weight) * value / counts[term.normaliser].clamp_min(1)
             loss = weighted if loss is None else loss + weighted
             self.metrics[mode][term.log_name].append(value.detach() / local[term.normaliser].clamp_min(1))
+        if loss is None:  # no term had anything in this batch (e.g. cached KD alone, on evaluation data)
+            loss = torch.zeros((), device=local[registry.ATTENDED_TOKENS].device)
         return scale * loss, outputs
 
     def _fused_sums(self, x: TermInputs, model: nn.Module) -> Any:
@@ -251,4 +241,4 @@ class TermComputer:
     @property
     def uses_logits(self) -> bool:
         """Whether a term reads the student's logits (otherwise its output head can be skipped)."""
-        return needs_any(self.terms, LOGITS)
+        return needs_any(self.terms, registry.LOGITS)

@@ -111,13 +111,12 @@ class DistillationStudent(nn.Module):
     def load_projections(self, checkpoint: str) -> None:
         """Restore the projections from a checkpoint (written by this or the previous hf_distill release)."""
         path = os.path.join(checkpoint, PROJECTOR_NAME)
-        if not os.path.isfile(path):
+        layout = _layout(path) if os.path.isfile(path) else None
+        if layout is None:
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r} has no {PROJECTOR_NAME}, but this run trains hidden-state "
                 "projections: resume from a checkpoint written with the same distillation settings."
             )
-        with safe_open(path, framework="pt") as f:
-            layout = (f.metadata() or {}).get("layout")
         if layout != _LAYOUT:
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r} was written by hf_distill 0.1, whose projections had their "
@@ -126,3 +125,9 @@ class DistillationStudent(nn.Module):
             )
         device = next(self.projections.parameters()).device
         self.projections.load_state_dict(load_file(path, device=str(device)))
+
+
+def _layout(path: str) -> str:
+    """The `layout` a projections file declares ("" for files of hf_distill 0.1)."""
+    with safe_open(path, framework="pt") as f:
+        return (f.metadata() or {}).get("layout", "")

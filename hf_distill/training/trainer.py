@@ -19,26 +19,20 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 from transformers.utils import find_labels, logging
 
-from ..alignment import attention_layer_pairs, resolve_layer_map
+from ..alignment import attention_layer_pairs
 from ..config import DistillationConfig
 from ..ddk import DDKAttach, DDKCallback, DDKParts, DomainEvaluator, DomainWeightedSampler, TrainingDomains
 from ..ddk.data import DOMAIN_IDS
 from ..losses import HiddenProjector
 from ..modeling import (
     base_model,
-    check_attentions_available,
-    hidden_size,
-    infer_task,
-    load_pretrained,
-    num_layers,
     output_size,
 )
 from ..teacher_cache import TeacherCacheCollator
-from ..terms import active_terms
-from ..terms.registry import LOGITS
 from .computer import TermComputer
 from .publish import push_staged_student, student_card
-from .student import PROJECTOR_NAME, DistillationStudent, encoder_of
+from .student import PROJECTOR_NAME, DistillationStudent
+from .student_setup import layer_pairs_and_projections, load_student, student_module
 from .teacher import TeacherSetup
 
 logger = logging.get_logger(__name__)
@@ -106,21 +100,40 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs a student `model` (a model or a hub id / local path).")
         self._hub_token, args.hub_token = args.hub_token, None  # never in training_args.bin
         self.model_card_info: dict[str, Any] = {}
-        train_dataset, self.domains = self._check_domains(args, kwargs, ddk_eval_dataset)
-        student, self.task = self._load_student(model, args, peft_config)
+        if ddk_eval_dataset is not None and args.ddk_update_steps is None:
+            logger.warning("ddk_eval_dataset is ignored: DDK is off (set ddk_update_steps to turn it on).")
+        train_dataset, self.domains = TrainingDomains.from_data(
+            args, kwargs.get("train_dataset"), ddk_eval_dataset, kwargs.get("eval_dataset")
+        )
+        student, self.task = load_student(model, args, peft_config)
         self.teacher_setup = TeacherSetup.build(
             teacher_model, student, args, self.task, kwargs.get("processing_class")
         )
         if self.teacher_setup.cache is not None and train_dataset is not None:
             train_dataset = self.teacher_setup.cache.attach(train_dataset)
-        kwargs["train_dataset"] = train_dataset
-        layer_pairs, projections = self._layer_pairs_and_projections(args, student)
+        layer_pairs, projections = layer_pairs_and_projections(args, student, self.teacher_setup.model)
         output_width = output_size(student, self.task) if self.teacher_setup.fused_logits else 0
         self.loss_terms = TermComputer(
             args, self.task, self.teacher_setup, layer_pairs, attention_layer_pairs(layer_pairs), output_width,
             lambda m: base_model(self.accelerator.unwrap_model(m)),
         )  # fmt: skip
-        module = self._student_module(student, projections, args)
+        skip_head = not self.loss_terms.uses_logits and args.ddk_update_steps is None  # DDK reads the student's CE
+        self._adjust_args(args)
+        super().__init__(model=student_module(student, projections, skip_head), args=args, **{**kwargs,
+                         "train_dataset": train_dataset})  # fmt: skip
+        if args.label_names is None:  # the student's label arguments, not those of the student module
+            self.label_names = find_labels(type(base_model(student)))
+        self.can_return_loss = True  # evaluation computes the distillation loss, also on data without labels
+        self.teacher_setup.check_sharded_backend(self.accelerator, args)
+        self.teacher_setup.place(self.accelerator)
+        if self.teacher_setup.cache is not None:
+            self.data_collator = TeacherCacheCollator(self.data_collator, self.teacher_setup.cache)
+        self._attach_domains(args)
+
+    @staticmethod
+    def _adjust_args(args: DistillationConfig) -> None:
+        """Hub pushes at the end only (checkpoints hold projections and optimizer state); DDK's state is restored on
+        resume (the data stream depends on it)."""
         if args.push_to_hub and args.hub_strategy != HubStrategy.END:
             logger.warning(
                 f"hub_strategy={args.hub_strategy.value!r} is set to 'end': hf_distill does not push checkpoints "
@@ -130,14 +143,9 @@ class DistillationTrainer(Trainer):
         if args.ddk_update_steps is not None and not args.restore_callback_states_from_checkpoint:
             logger.info("DDK restores its state on resume: restore_callback_states_from_checkpoint is set to True.")
             args.restore_callback_states_from_checkpoint = True
-        super().__init__(model=module, args=args, **kwargs)
-        if args.label_names is None:  # the student's label arguments, not those of the student module
-            self.label_names = find_labels(type(base_model(student)))
-        self.can_return_loss = True  # evaluation computes the distillation loss, also on data without labels
-        self.teacher_setup.check_sharded_backend(self.accelerator, args)
-        self.teacher_setup.place(self.accelerator)
-        if self.teacher_setup.cache is not None:
-            self.data_collator = TeacherCacheCollator(self.data_collator, self.teacher_setup.cache)
+
+    def _attach_domains(self, args: DistillationConfig) -> None:
+        """Domain ids in the batches, the per-domain evaluator, and DDK's callbacks."""
         if self.domains is not None:
             self.data_collator = self.domains.collator(self.data_collator)
         self.domain_evaluator = DomainEvaluator(
@@ -153,64 +161,6 @@ class DistillationTrainer(Trainer):
             )  # fmt: skip
             self.add_callback(DDKAttach(self.callback_handler.callbacks, parts))
             self.add_callback(DDKCallback())
-
-    # ---- set-up (before Trainer.__init__) ----------------------------------------------------------------------
-
-    @staticmethod
-    def _check_domains(args: DistillationConfig, kwargs: dict[str, Any], ddk_eval_dataset: Any) -> tuple[Any, Any]:
-        if ddk_eval_dataset is not None and args.ddk_update_steps is None:
-            logger.warning("ddk_eval_dataset is ignored: DDK is off (set ddk_update_steps to turn it on).")
-        train_dataset, domains = TrainingDomains.from_data(
-            args, kwargs.get("train_dataset"), ddk_eval_dataset, kwargs.get("eval_dataset")
-        )
-        return train_dataset, domains
-
-    @staticmethod
-    def _load_student(model: PreTrainedModel | str, args: DistillationConfig, peft_config: Any) -> tuple[Any, str]:
-        if isinstance(model, str):
-            task = "causal_lm" if args.task == "auto" else args.task
-            model = load_pretrained(model, task, torch.float32, args.matches_attentions, False)
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-        task = infer_task(model, "student") if args.task == "auto" else args.task
-        logit_terms = [t.weight for t in active_terms(args) if LOGITS in t.needs]
-        if task == "feature_extraction" and logit_terms:
-            raise ValueError(
-                f"The student {type(base_model(model)).__name__} is headless (AutoModel): it has no logits for "
-                f"{', '.join(f'{w}={getattr(args, w)}' for w in dict.fromkeys(logit_terms))}; set them to 0 and "
-                "distil its hidden states or attention maps (hidden_weight, attention_weight)."
-            )
-        return model, task
-
-    def _layer_pairs_and_projections(self, args: DistillationConfig, student: nn.Module) -> tuple[list, Any]:
-        teacher = self.teacher_setup.model
-        pairs: list[tuple[int, int]] = []
-        if args.matches_hidden_states or args.matches_attentions:
-            pairs = resolve_layer_map(
-                args.layer_map, num_layers(student), num_layers(teacher), args.hidden_include_embeddings
-            )
-        if args.matches_attentions:
-            if not attention_layer_pairs(pairs):
-                raise ValueError(f"layer_map={args.layer_map!r} maps no transformer block (only layer 0): fix it.")
-            check_attentions_available(student, "student")
-            check_attentions_available(teacher, "teacher")
-        projections = None
-        if args.matches_hidden_states:
-            projections = HiddenProjector([s for s, _ in pairs], hidden_size(student), hidden_size(teacher))
-        return pairs, projections
-
-    def _student_module(self, student: nn.Module, projections: HiddenProjector | None, args: DistillationConfig):
-        """The student alone, or a [`DistillationStudent`] with its projections and/or without its output head."""
-        skip_head = (
-            not self.loss_terms.uses_logits
-            and args.ddk_update_steps is None  # DDK measures the student's cross-entropy
-            and encoder_of(student) is not base_model(student)
-        )
-        if projections is None and not skip_head:
-            return student
-        return DistillationStudent(student, projections, skip_head)
 
     # ---- the student and the teacher ---------------------------------------------------------------------------
 
@@ -272,30 +222,11 @@ class DistillationTrainer(Trainer):
         self, model: nn.Module | None = None, datasets: Any | None = None, max_batches: int | None = None
     ) -> dict[str, float]:
         """
-        Mean token cross-entropy of a model on each domain's held-out data (`exp` of it is the perplexity).
-
-        Args:
-            model (`torch.nn.Module`, *optional*): The student (default), the teacher or any model with the same
-                inputs.
-            datasets (`Mapping[str, Dataset]`, *optional*): Data per domain (tokenized, with labels); defaults to the
-                DDK validation sets.
-            max_batches (`int`, *optional*): Batches of `per_device_eval_batch_size` per process and domain; all by
-                default.
-
-        Returns:
-            `dict[str, float]`: domain name -> mean token cross-entropy over all processes.
+        Mean token cross-entropy of `model` (the student by default, or the teacher) on each domain's held-out data
+        (`exp` of it is the perplexity), over all processes; `datasets` (domain -> tokenized data with labels)
+        default to the DDK validation sets, `max_batches` (per process and domain) to all. See [`DomainEvaluator`].
         """
         return self.domain_evaluator.evaluate(self.model if model is None else model, datasets, max_batches)
-
-    def collate_domain_batches(self, datasets: Any, max_batches: int | None = None) -> list[list[dict[str, Any]]]:
-        """This process's share of each domain's evaluation batches (see [`DomainEvaluator.collate`])."""
-        return self.domain_evaluator.collate(datasets, max_batches)
-
-    def domain_token_losses(
-        self, model: nn.Module, batches: list[list[dict[str, Any]]], names: list[str]
-    ) -> list[float]:
-        """Mean token cross-entropy of `model` on each domain's batches (see [`DomainEvaluator.batch_losses`])."""
-        return self.domain_evaluator.batch_losses(model, batches, names)
 
     # ---- Trainer hooks: the loss -------------------------------------------------------------------------------
 
