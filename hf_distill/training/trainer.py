@@ -7,6 +7,7 @@ evaluator ([`TrainingDomains`], [`DomainEvaluator`]) and the student module ([`D
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from functools import partial
@@ -24,10 +25,7 @@ from ..config import DistillationConfig
 from ..ddk import DDKAttach, DDKCallback, DDKParts, DomainEvaluator, DomainWeightedSampler, TrainingDomains
 from ..ddk.data import DOMAIN_IDS
 from ..losses import HiddenProjector
-from ..modeling import (
-    base_model,
-    output_size,
-)
+from ..modeling import base_model, output_size
 from ..teacher_cache import TeacherCacheCollator
 from .computer import TermComputer
 from .publish import push_staged_student, student_card
@@ -106,11 +104,11 @@ class DistillationTrainer(Trainer):
             args, kwargs.get("train_dataset"), ddk_eval_dataset, kwargs.get("eval_dataset")
         )
         student, self.task = load_student(model, args, peft_config)
-        self.teacher_setup = TeacherSetup.build(
-            teacher_model, student, args, self.task, kwargs.get("processing_class")
-        )
+        tokenizer = kwargs.get("processing_class")
+        self.teacher_setup = TeacherSetup.build(teacher_model, student, args, self.task, tokenizer)
         if self.teacher_setup.cache is not None and train_dataset is not None:
             train_dataset = self.teacher_setup.cache.attach(train_dataset)
+        kwargs["train_dataset"] = train_dataset
         layer_pairs, projections = layer_pairs_and_projections(args, student, self.teacher_setup.model)
         output_width = output_size(student, self.task) if self.teacher_setup.fused_logits else 0
         self.loss_terms = TermComputer(
@@ -119,8 +117,7 @@ class DistillationTrainer(Trainer):
         )  # fmt: skip
         skip_head = not self.loss_terms.uses_logits and args.ddk_update_steps is None  # DDK reads the student's CE
         self._adjust_args(args)
-        super().__init__(model=student_module(student, projections, skip_head), args=args, **{**kwargs,
-                         "train_dataset": train_dataset})  # fmt: skip
+        super().__init__(model=student_module(student, projections, skip_head), args=args, **kwargs)
         if args.label_names is None:  # the student's label arguments, not those of the student module
             self.label_names = find_labels(type(base_model(student)))
         self.can_return_loss = True  # evaluation computes the distillation loss, also on data without labels
@@ -301,8 +298,6 @@ class DistillationTrainer(Trainer):
         """The student's forward arguments (not the student module's `**kwargs`), plus the columns the collator
         reads (`required_columns`: the domain, DSG-KD's raw text)."""
         if self._signature_columns is None and isinstance(self.model, DistillationStudent):
-            import inspect
-
             self._signature_columns = list(inspect.signature(base_model(self.model.student).forward).parameters)
             self._signature_columns += list({"label", "label_ids", *self.label_names})
         super()._set_signature_columns_if_needed()
