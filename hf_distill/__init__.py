@@ -25,7 +25,7 @@ from .losses import (
 )
 from .teacher_cache import TeacherCache, TeacherCacheCollator, build_teacher_cache
 from .terms import LossTerm, TermInputs, register_loss_term, registered_terms, unregister_loss_term
-from .training import PROJECTOR_NAME, DistillationStudent, DistillationTrainer
+from .training import PROJECTOR_NAME, DistillationStudent, DistillationTrainer, convert_checkpoint
 
 __version__ = "0.2.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "attention_map_loss",
     "build_teacher_cache",
     "concatenate_domains",
+    "convert_checkpoint",
     "cross_entropy_loss",
     "ddk_update",
     "discrepancy_factor",

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import PadCollator, lm_dataset, tiny_llama
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from hf_distill import PROJECTOR_NAME, DistillationStudent, DistillationTrainer
+from hf_distill import PROJECTOR_NAME, DistillationStudent, DistillationTrainer, convert_checkpoint
 
 
 def _run(config_factory, tmp_path, name, max_steps, resume=None):
@@ -62,13 +63,41 @@ def test_one_module_one_optimizer_plain_output_and_exact_resume(config_factory, 
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
 
 
-def test_a_checkpoint_of_the_previous_release_is_refused_with_how_to_go_on(config_factory, tmp_path):
-    _run(config_factory, tmp_path, "old", 3)
-    checkpoint = tmp_path / "old" / "checkpoint-3"
-    path = checkpoint / PROJECTOR_NAME
-    with safe_open(str(path), framework="pt") as f:
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "checkpoint-0.1"  # checkpoint-3 of `_run(..., 6)`, written by 0.1
+
+
+def _trainer(config_factory, tmp_path, name):
+    args = config_factory(
+        output_dir=str(tmp_path / name), max_steps=6, save_strategy="steps", save_steps=3, learning_rate=3e-3,
+        hidden_weight=1.0, gamma=1.0, max_grad_norm=0.5,
+    )  # fmt: skip
+    return DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=lm_dataset(n=64), data_collator=PadCollator(),
+    )  # fmt: skip
+
+
+def test_a_checkpoint_of_the_previous_release_is_refused_then_converted_and_continues_exactly(
+    config_factory, tmp_path
+):
+    source = {f.name: f.read_bytes() for f in OLD_CHECKPOINT.iterdir()}
+    with pytest.raises(ValueError, match=r"written by hf_distill 0.1 .*hf_distill.convert_checkpoint\(trainer, "):
+        _trainer(config_factory, tmp_path, "refused").train(resume_from_checkpoint=str(OLD_CHECKPOINT))
+
+    trainer = _trainer(config_factory, tmp_path, "converted")
+    converted = convert_checkpoint(trainer, str(OLD_CHECKPOINT), str(tmp_path / "checkpoint-3"))
+    with safe_open(str(Path(converted) / PROJECTOR_NAME), framework="pt") as f:
         assert f.metadata()["layout"] == "student_module"
-    save_file(load_file(str(path)), str(path), metadata={"format": "pt"})  # what hf_distill 0.1 wrote
-    with pytest.raises(ValueError, match=r"written by hf_distill 0.1.*start a new run from its weights"):
-        _run(config_factory, tmp_path, "new", 6, resume=str(checkpoint))
-    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 3  # untouched
+    trainer.train(resume_from_checkpoint=converted)
+    logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h and h["step"] > 3]
+    expected = json.loads((OLD_CHECKPOINT / "hf_distill_0.1_continuation.json").read_text())  # 0.1's steps 4-6
+    assert [h["step"] for h in logs] == [e["step"] for e in expected] == [4, 5, 6]
+    for got, want in zip(logs, expected, strict=True):
+        for key in ("loss", "loss_ce", "loss_kd", "loss_hidden", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (want["step"], key)
+    assert {f.name: f.read_bytes() for f in OLD_CHECKPOINT.iterdir()} == source  # the source is untouched
+
+    with pytest.raises(FileExistsError, match="exists: choose a new folder"):
+        convert_checkpoint(trainer, str(OLD_CHECKPOINT), converted)
+    with pytest.raises(ValueError, match="is not an hf_distill 0.1 checkpoint"):
+        convert_checkpoint(trainer, converted, str(tmp_path / "again"))

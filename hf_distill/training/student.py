@@ -111,7 +111,7 @@ class DistillationStudent(nn.Module):
     def load_projections(self, checkpoint: str) -> None:
         """Restore the projections from a checkpoint (written by this or the previous hf_distill release)."""
         path = os.path.join(checkpoint, PROJECTOR_NAME)
-        layout = _layout(path) if os.path.isfile(path) else None
+        layout = projections_layout(path) if os.path.isfile(path) else None
         if layout is None:
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r} has no {PROJECTOR_NAME}, but this run trains hidden-state "
@@ -119,15 +119,15 @@ class DistillationStudent(nn.Module):
             )
         if layout != _LAYOUT:
             raise ValueError(
-                f"resume_from_checkpoint={checkpoint!r} was written by hf_distill 0.1, whose projections had their "
-                "own optimizer group: its optimizer state does not fit this release. Resume it with hf_distill 0.1, "
-                "or start a new run from its weights (model=<checkpoint>, no resume_from_checkpoint)."
+                f"resume_from_checkpoint={checkpoint!r} was written by hf_distill 0.1 (projections in their own "
+                "optimizer group): convert it with hf_distill.convert_checkpoint(trainer, checkpoint, new_folder) and "
+                "resume from new_folder."
             )
         device = next(self.projections.parameters()).device
         self.projections.load_state_dict(load_file(path, device=str(device)))
 
 
-def _layout(path: str) -> str:
+def projections_layout(path: str) -> str:
     """The `layout` a projections file declares ("" for files of hf_distill 0.1)."""
     with safe_open(path, framework="pt") as f:
         return (f.metadata() or {}).get("layout", "")
