@@ -83,6 +83,19 @@ def test_trainer_step_fused_equals_materialised_logits(config_factory, divergenc
         torch.testing.assert_close(fused[3][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_fused_step_with_learned_projections_equals_materialised_logits(config_factory):
+    # the student runs inside the student module (projections of widths 16 -> 32): the fused loss reads its head
+    fused = _step(config_factory, "fused", "forward_kl", tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2),
+                  hidden_weight=1.0)  # fmt: skip
+    plain = _step(config_factory, "logits", "forward_kl", tiny_llama(hidden=16, seed=1), tiny_llama(32, 4, seed=2),
+                  hidden_weight=1.0)  # fmt: skip
+    assert fused[0].projector is not None and fused[1] == [1]
+    for key, value in plain[2].items():
+        assert fused[2][key] == pytest.approx(value, rel=1e-5), key
+    for key, value in plain[3].items():
+        torch.testing.assert_close(fused[3][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def _gemma2(seed):
     torch.manual_seed(seed)
     config = Gemma2Config(

@@ -101,3 +101,17 @@ def test_a_checkpoint_of_the_previous_release_is_refused_then_converted_and_cont
         convert_checkpoint(trainer, str(OLD_CHECKPOINT), converted)
     with pytest.raises(ValueError, match="is not an hf_distill 0.1 checkpoint"):
         convert_checkpoint(trainer, converted, str(tmp_path / "again"))
+
+
+def test_the_module_behaves_as_the_student_for_the_trainer(config_factory, tmp_path):
+    args = config_factory(hidden_weight=1.0, max_steps=2, gradient_checkpointing=True)
+    trainer = DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=lm_dataset(), data_collator=PadCollator(),
+    )  # fmt: skip
+    assert trainer.model.config is trainer.student.config
+    trainer.train()
+    assert trainer.student.is_gradient_checkpointing  # the Trainer's call reached the student
+    assert trainer.state.total_flos > 0  # floating_point_ops too
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        trainer.model.no_such_attribute  # noqa: B018

@@ -36,6 +36,11 @@ def with_projections(outputs: ModelOutput, projected: tuple[torch.Tensor, ...]) 
     return _OUTPUT_CLASSES[base](**dict(outputs.items()), projected_hidden_states=projected)
 
 
+def student_of(model: nn.Module) -> nn.Module:
+    """The 🤗 student inside a [`DistillationStudent`] (or `model` itself)."""
+    return model.student if isinstance(model, DistillationStudent) else model
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     """The headless body of a 🤗 model (`BertModel` of a `BertForMaskedLM`), or the model itself when it is one."""
     inner = base_model(model)
@@ -48,7 +53,8 @@ class DistillationStudent(nn.Module):
     states to the teacher's width, and optionally a forward that skips the output head.
 
     One module means one optimizer parameter-group set, one `prepare_model` (DDP, FSDP, DeepSpeed shard and sync the
-    projections with the student), one gradient clipping. Calls are forwarded to the student; with hidden states
+    projections with the student), one gradient clipping. Calls and attributes are forwarded to the student (so
+    `gradient_checkpointing_enable`, `config`, ... work as the Trainer expects); with hidden states
     requested the outputs also hold `projected_hidden_states` (one per mapped student layer, in teacher width),
     pooled first by `hidden_pool` (a `(B, P, T)` matrix, e.g. DSG-KD's word pools) when it is given.
     [`DistillationTrainer`] saves the student alone (`save_pretrained` of the model given to it; the projections
@@ -67,10 +73,16 @@ class DistillationStudent(nn.Module):
         self.projections = projections
         self.skip_head = skip_head
 
-    @property
-    def config(self) -> Any:
-        """The student's config (the Trainer reads it)."""
-        return self.student.config
+    def __getattr__(self, name: str) -> Any:
+        """Anything the module does not have is the student's (`config`, `gradient_checkpointing_enable`,
+        `floating_point_ops`, ...), as PEFT models forward to their base model."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            student = self._modules.get("student")
+            if student is None:
+                raise
+            return getattr(student, name)
 
     def forward(self, *args: Any, hidden_pool: torch.Tensor | None = None, **kwargs: Any) -> Any:
         body = encoder_of(self.student) if self.skip_head else self.student

@@ -29,7 +29,7 @@ from ..modeling import base_model, output_size
 from ..teacher_cache import TeacherCacheCollator
 from .computer import TermComputer
 from .publish import push_staged_student, student_card
-from .student import PROJECTOR_NAME, DistillationStudent
+from .student import PROJECTOR_NAME, DistillationStudent, student_of
 from .student_setup import layer_pairs_and_projections, load_student, student_module
 from .teacher import TeacherSetup
 
@@ -113,7 +113,7 @@ class DistillationTrainer(Trainer):
         output_width = output_size(student, self.task) if self.teacher_setup.fused_logits else 0
         self.loss_terms = TermComputer(
             args, self.task, self.teacher_setup, layer_pairs, attention_layer_pairs(layer_pairs), output_width,
-            lambda m: base_model(self.accelerator.unwrap_model(m)),
+            lambda m: base_model(student_of(self.accelerator.unwrap_model(m))),
         )  # fmt: skip
         skip_head = not self.loss_terms.uses_logits and args.ddk_update_steps is None  # DDK reads the student's CE
         self._adjust_args(args)
@@ -164,8 +164,7 @@ class DistillationTrainer(Trainer):
     @property
     def student(self) -> nn.Module:
         """The 🤗 student being trained (without the projections or any distributed wrapper)."""
-        model = self.accelerator.unwrap_model(self.model)
-        return model.student if isinstance(model, DistillationStudent) else model
+        return student_of(self.accelerator.unwrap_model(self.model))
 
     @property
     def projector(self) -> HiddenProjector | None:
