@@ -102,3 +102,10 @@ def test_logit_terms_on_a_headless_student_are_a_clear_error(tmp_path, tokenizer
     with pytest.raises(ValueError, match=r"BertModel is headless .* no logits for alpha_ce=1.0, gamma=1.0; set them"):
         _trainer(tmp_path, tokenizer, _encoder(32, 2, 2, vocab, 1), _encoder(48, 4, 4, vocab, 2), alpha_ce=1.0,
                  gamma=1.0)  # fmt: skip
+    domains = _sentences(tokenizer, 8, seed=1).add_column("domain", ["a", "b"] * 4)
+    with pytest.raises(ValueError, match=r"ddk_update_steps=2: DDK compares .* headless BertModel has no output head"):
+        DistillationTrainer(
+            model=_encoder(32, 2, 2, vocab, 1), teacher_model=_encoder(48, 4, 4, vocab, 2),
+            args=make_config(tmp_path, alpha_ce=0.0, gamma=0.0, hidden_weight=1.0, ddk_update_steps=2),
+            train_dataset=domains, ddk_eval_dataset=domains, data_collator=DataCollatorWithPadding(tokenizer),
+        )  # fmt: skip

@@ -115,3 +115,32 @@ def test_the_module_behaves_as_the_student_for_the_trainer(config_factory, tmp_p
     assert trainer.state.total_flos > 0  # floating_point_ops too
     with pytest.raises(AttributeError, match="no_such_attribute"):
         trainer.model.no_such_attribute  # noqa: B018
+
+
+def _lora_run(config_factory, tmp_path, name, resume=None):
+    from peft import LoraConfig
+
+    args = config_factory(output_dir=str(tmp_path / name), max_steps=4, save_strategy="steps", save_steps=2,
+                          learning_rate=1e-2, hidden_weight=1.0, gamma=1.0)  # fmt: skip
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        peft_config=lora, train_dataset=lm_dataset(n=64), data_collator=PadCollator(),
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_a_lora_student_with_projections_resumes_exactly(config_factory, tmp_path):
+    full = _lora_run(config_factory, tmp_path, "full")
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / PROJECTOR_NAME).is_file()
+    assert not (checkpoint / "model.safetensors").exists()  # adapters only, as PEFT saves them
+    resumed = _lora_run(config_factory, tmp_path, "resumed", resume=str(checkpoint))
+    steps = [[h for h in run.state.log_history if "loss" in h and h["step"] > 2] for run in (full, resumed)]
+    assert [h["step"] for h in steps[1]] == [3, 4]
+    for a, b in zip(*steps, strict=True):
+        for key in ("loss", "loss_ce", "loss_kd", "loss_hidden"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)

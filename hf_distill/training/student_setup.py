@@ -35,6 +35,12 @@ def load_student(model: PreTrainedModel | str, args: DistillationConfig, peft_co
             f"{', '.join(f'{w}={getattr(args, w)}' for w in dict.fromkeys(logit_terms))}; set them to 0 and "
             "distil its hidden states or attention maps (hidden_weight, attention_weight)."
         )
+    if task == "feature_extraction" and args.ddk_update_steps is not None:
+        raise ValueError(
+            f"DistillationConfig.ddk_update_steps={args.ddk_update_steps}: DDK compares the student's and the "
+            f"teacher's cross-entropy on each domain, and the headless {type(base_model(model)).__name__} has no "
+            "output head for it: load the models with their LM heads, or turn DDK off (ddk_update_steps=None)."
+        )
     return model, task
 
 
