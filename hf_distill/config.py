@@ -185,23 +185,23 @@ class DistillationConfig(TrainingArguments):
         self._check_ddk()
         self._check_teacher_cache(terms)
 
-    def _weights(self, terms: list[LossTerm]) -> str:
-        return ", ".join(f"{name}={getattr(self, name)}" for name in dict.fromkeys(t.weight for t in terms))
+    def _weights(self, terms: list[LossTerm], separator: str = ", ") -> str:
+        """`name=value` of the weight fields of `terms`, each once."""
+        return separator.join(f"{name}={getattr(self, name)}" for name in dict.fromkeys(t.weight for t in terms))
 
     def _check_dsg_kd(self, terms: list[LossTerm]) -> None:
         """Terms whose teacher reads its own tokenization cannot be mixed with terms on the student's tokens."""
-        word_terms = [t for t in terms if TEACHER_INPUTS in t.needs]
         token_terms = [t for t in terms if TEACHER in t.needs and TEACHER_INPUTS not in t.needs]
-        if word_terms and token_terms:
-            word_terms = [t for t in registered_terms() if TEACHER_INPUTS in t.needs and hasattr(self, t.weight)]
-            fix = ", ".join(
-                f"{name}=0 (now {getattr(self, name)})" for name in dict.fromkeys(t.weight for t in token_terms)
-            )
-            raise ValueError(
-                f"DistillationConfig: {self._weights(word_terms).replace(', ', ' / ')} turn on DSG-KD, whose teacher "
-                "reads its own "
-                f"tokenization, so its logits and token positions do not match the student's; set {fix}."
-            )
+        if not token_terms or not any(TEACHER_INPUTS in t.needs for t in terms):
+            return
+        word_terms = [t for t in registered_terms() if TEACHER_INPUTS in t.needs and hasattr(self, t.weight)]
+        fix = ", ".join(
+            f"{name}=0 (now {getattr(self, name)})" for name in dict.fromkeys(t.weight for t in token_terms)
+        )
+        raise ValueError(
+            f"DistillationConfig: {self._weights(word_terms, ' / ')} turn on DSG-KD, whose teacher reads its own "
+            f"tokenization, so its logits and token positions do not match the student's; set {fix}."
+        )
 
     def _check_teacher_cache(self, terms: list[LossTerm]) -> None:
         if self.teacher_cache is None:
