@@ -144,3 +144,23 @@ def test_a_lora_student_with_projections_resumes_exactly(config_factory, tmp_pat
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+
+def test_load_best_model_at_end_restores_the_best_student(config_factory, tmp_path):
+    # "best" = the highest eval loss, i.e. the first checkpoint: the student must be taken back from the last one
+    args = config_factory(
+        max_steps=4, learning_rate=5e-2, hidden_weight=1.0, eval_strategy="steps", eval_steps=1,
+        save_strategy="steps", save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss",
+        greater_is_better=True, per_device_eval_batch_size=8,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=lm_dataset(n=64), eval_dataset=lm_dataset(n=8, seed=5), data_collator=PadCollator(),
+    )  # fmt: skip
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name == "checkpoint-1"
+    saved, last = (load_file(str(folder / "model.safetensors")) for folder in (best, best.parent / "checkpoint-4"))
+    for key, value in trainer.student.state_dict().items():
+        torch.testing.assert_close(value, saved[key], msg=key)  # the student holds the best checkpoint's weights
+    assert any(not torch.equal(saved[k], last[k]) for k in saved)
