@@ -164,3 +164,16 @@ def test_load_best_model_at_end_restores_the_best_student(config_factory, tmp_pa
     for key, value in trainer.student.state_dict().items():
         torch.testing.assert_close(value, saved[key], msg=key)  # the student holds the best checkpoint's weights
     assert any(not torch.equal(saved[k], last[k]) for k in saved)
+
+
+def test_the_module_copies_and_pickles(config_factory):
+    import copy
+    import pickle
+
+    from hf_distill.losses import HiddenProjector
+
+    module = DistillationStudent(tiny_llama(hidden=16, seed=1), HiddenProjector([1, 2], 16, 32))
+    for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert clone.config.hidden_size == 16
+        for key, value in module.state_dict().items():
+            assert torch.equal(clone.state_dict()[key], value), key

@@ -79,7 +79,7 @@ class DistillationStudent(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            student = self._modules.get("student")
+            student = self.__dict__.get("_modules", {}).get("student")  # (absent while unpickling)
             if student is None:
                 raise
             return getattr(student, name)
