@@ -1,10 +1,11 @@
 """DDK: the update math against hand-computed values, the domain sampler, and DDK inside DistillationTrainer."""
 
 import collections
+import json
 import math
 
 import pytest
-from conftest import PadCollator, make_config
+from conftest import PadCollator, make_config, tiny_llama
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from toy_domains import DOMAINS, domain_datasets, make_student, make_teacher, toy_pair
@@ -271,3 +272,33 @@ def test_with_dataloader_workers_the_recorded_history_is_the_stream_that_was_tra
     assert all(u["position"] >= 8 * u["step"] + 8 for u in trainer.ddk_callback.updates)
     seen = [ids for ids, _ in trainer.seen]
     assert seen == [trainer.domain_sampler.draw_domains(8 * k, 8 * k + 8) for k in range(12)]
+
+
+def test_a_ddk_checkpoint_of_the_previous_release_resumes_exactly(tmp_path):
+    """checkpoint-3 of a 6-step DDK run written by hf_distill 0.1 (its trainer held the DDK state itself): this
+    release restores that state through the ExportableState path and continues as 0.1 did."""
+    from pathlib import Path
+
+    checkpoint = Path(__file__).parent / "data" / "checkpoint-0.1-ddk"
+    expected = json.loads((checkpoint / "hf_distill_0.1_continuation.json").read_text())
+    args = make_config(
+        tmp_path, max_steps=6, per_device_train_batch_size=8, learning_rate=3e-3, ddk_update_steps=2,
+        ddk_eval_batches=2, per_device_eval_batch_size=8, gamma=0.5, temperature=2.0, save_strategy="steps",
+        save_steps=3,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=domain_datasets(64, seed=0), ddk_eval_dataset=domain_datasets(16, seed=1),
+        data_collator=PadCollator(),
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert json.loads(json.dumps(trainer.domain_sampler.history)) == expected["history"]
+    updates = trainer.ddk_callback.updates
+    assert [(u["step"], u["position"]) for u in updates] == [(u["step"], u["position"]) for u in expected["updates"]]
+    for got, want in zip(updates, expected["updates"], strict=True):
+        assert got["weights"] == pytest.approx(want["weights"], rel=1e-6)
+    logs = [h for h in trainer.state.log_history if h.get("step", 0) > 3 and "train_runtime" not in h]
+    assert [sorted(h) for h in logs] == [sorted(h) for h in expected["logs"]]
+    for got, want in zip(logs, expected["logs"], strict=True):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-5), (want["step"], key)
