@@ -16,7 +16,8 @@ class HiddenProjector(nn.Module):
     One projection per mapped student layer, from the student width to the teacher width.
 
     A linear layer is learned where the widths differ; where they are equal the identity is used (no parameters).
-    The projector is trained with the student but is not part of it: it is saved in its own file.
+    `DistillationTrainer` trains it inside the student module (`DistillationStudent`); checkpoints keep it in a file
+    of its own, and the saved student never holds it.
 
     Args:
         student_layers (`Sequence[int]`): Student layer indices (as used in the layer map) that get a projection.
