@@ -5,10 +5,10 @@ import json
 import math
 
 import pytest
-from conftest import PadCollator, make_config, tiny_llama
+from conftest import PadCollator, make_config
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from toy_domains import DOMAINS, domain_datasets, make_student, make_teacher, toy_pair
+from toy_domains import DOMAINS, domain_datasets, make_student, make_teacher, small_ddk_trainer, toy_pair
 
 from hf_distill import DistillationTrainer, DomainWeightedSampler, ddk_update, discrepancy_factor
 
@@ -281,16 +281,7 @@ def test_a_ddk_checkpoint_of_the_previous_release_resumes_exactly(tmp_path):
 
     checkpoint = Path(__file__).parent / "data" / "checkpoint-0.1-ddk"
     expected = json.loads((checkpoint / "hf_distill_0.1_continuation.json").read_text())
-    args = make_config(
-        tmp_path, max_steps=6, per_device_train_batch_size=8, learning_rate=3e-3, ddk_update_steps=2,
-        ddk_eval_batches=2, per_device_eval_batch_size=8, gamma=0.5, temperature=2.0, save_strategy="steps",
-        save_steps=3,
-    )  # fmt: skip
-    trainer = DistillationTrainer(
-        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
-        train_dataset=domain_datasets(64, seed=0), ddk_eval_dataset=domain_datasets(16, seed=1),
-        data_collator=PadCollator(),
-    )  # fmt: skip
+    trainer = small_ddk_trainer(tmp_path, save_strategy="steps", save_steps=3)
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert json.loads(json.dumps(trainer.domain_sampler.history)) == expected["history"]
     updates = trainer.ddk_callback.updates

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PadCollator, lm_dataset, make_config, tiny_bert_cls, tiny_llama
-from toy_domains import domain_datasets
+from toy_domains import small_ddk_trainer
 
 from hf_distill import DistillationTrainer
 
@@ -74,15 +74,7 @@ def word_terms_run(tmp_path: Path) -> dict:
 
 def ddk_run(tmp_path: Path) -> dict:
     """DDK on the three toy domains (untrained tiny models), an update every 2 of 6 steps."""
-    args = make_config(
-        tmp_path, output_dir=str(tmp_path / "ddk"), max_steps=6, per_device_train_batch_size=8, learning_rate=3e-3,
-        ddk_update_steps=2, ddk_eval_batches=2, per_device_eval_batch_size=8, gamma=0.5, temperature=2.0,
-    )  # fmt: skip
-    trainer = DistillationTrainer(
-        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
-        train_dataset=domain_datasets(64, seed=0), ddk_eval_dataset=domain_datasets(16, seed=1),
-        data_collator=PadCollator(),
-    )  # fmt: skip
+    trainer = small_ddk_trainer(tmp_path, output_dir=str(tmp_path / "ddk"))
     trainer.train()
     callback = trainer.ddk_callback
     return {

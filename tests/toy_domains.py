@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import torch
-from conftest import PadCollator, tiny_llama
+from conftest import PadCollator, make_config, tiny_llama
 from datasets import Dataset
 
 DOMAINS = ("a", "b", "c")
@@ -65,3 +65,18 @@ def make_student(state: dict) -> torch.nn.Module:
     model = tiny_llama(hidden=32, layers=2, heads=4, seed=1)
     model.load_state_dict(state)
     return model
+
+
+def small_ddk_trainer(tmp_path, **settings):
+    """DDK on the three toy domains with untrained tiny models: an update every 2 of 6 steps (`settings` override)."""
+    from hf_distill import DistillationTrainer
+
+    args = make_config(tmp_path, **{
+        "max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-3, "ddk_update_steps": 2,
+        "ddk_eval_batches": 2, "per_device_eval_batch_size": 8, "gamma": 0.5, "temperature": 2.0, **settings,
+    })  # fmt: skip
+    return DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=domain_datasets(64, seed=0), ddk_eval_dataset=domain_datasets(16, seed=1),
+        data_collator=PadCollator(),
+    )  # fmt: skip
