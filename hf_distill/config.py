@@ -10,7 +10,17 @@ from .alignment import parse_layer_map
 from .ddk.update import parse_domain_weights
 from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
 from .terms import LossTerm, active_terms, check_weights, registered_terms
-from .terms.registry import ATTENTIONS, LABELS, PROJECTIONS, TEACHER, TEACHER_CACHE, TEACHER_INPUTS, needs_any
+from .terms.registry import (
+    ATTENTIONS,
+    LABELS,
+    PROJECTIONS,
+    TEACHER,
+    TEACHER_CACHE,
+    TEACHER_INPUTS,
+    format_weights,
+    needs_any,
+    weight_names,
+)
 
 TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification", "feature_extraction")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -185,10 +195,6 @@ class DistillationConfig(TrainingArguments):
         self._check_ddk()
         self._check_teacher_cache(terms)
 
-    def _weights(self, terms: list[LossTerm], separator: str = ", ") -> str:
-        """`name=value` of the weight fields of `terms`, each once."""
-        return separator.join(f"{name}={getattr(self, name)}" for name in dict.fromkeys(t.weight for t in terms))
-
     def _check_dsg_kd(self, terms: list[LossTerm]) -> None:
         """Terms whose teacher reads its own tokenization cannot be mixed with terms on the student's tokens."""
         token_terms = [t for t in terms if TEACHER in t.needs and TEACHER_INPUTS not in t.needs]
@@ -199,8 +205,8 @@ class DistillationConfig(TrainingArguments):
             f"{name}=0 (now {getattr(self, name)})" for name in dict.fromkeys(t.weight for t in token_terms)
         )
         raise ValueError(
-            f"DistillationConfig: {self._weights(word_terms, ' / ')} turn on DSG-KD, whose teacher reads its own "
-            f"tokenization, so its logits and token positions do not match the student's; set {fix}."
+            f"DistillationConfig: {format_weights(word_terms, self, ' / ')} turn on DSG-KD, whose teacher reads its "
+            f"own tokenization, so its logits and token positions do not match the student's; set {fix}."
         )
 
     def _check_teacher_cache(self, terms: list[LossTerm]) -> None:
@@ -210,10 +216,10 @@ class DistillationConfig(TrainingArguments):
         if live:
             raise ValueError(
                 f"DistillationConfig.teacher_cache={self.teacher_cache!r} holds the teacher's output distribution "
-                f"only, but {self._weights(live)} need a live teacher: set them to 0 or drop teacher_cache."
+                f"only, but {format_weights(live, self)} need a live teacher: set them to 0 or drop teacher_cache."
             )
         if not any(TEACHER_CACHE in t.needs for t in terms):
-            readers = list(dict.fromkeys(t.weight for t in registered_terms() if TEACHER_CACHE in t.needs))
+            readers = weight_names(t for t in registered_terms() if TEACHER_CACHE in t.needs)
             raise ValueError(
                 f"DistillationConfig.teacher_cache={self.teacher_cache!r} is set but {' and '.join(readers)}=0 (no "
                 f"logit KD reads it): set {' or '.join(readers)} > 0 or drop teacher_cache."

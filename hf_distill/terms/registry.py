@@ -124,7 +124,7 @@ def registered_terms() -> list[LossTerm]:
 
 def weight_fields() -> list[str]:
     """The config fields that weigh a registered term, in registration order, each once."""
-    return list(dict.fromkeys(term.weight for term in _REGISTRY.values()))
+    return weight_names(_REGISTRY.values())
 
 
 def active_terms(args: Any) -> list[LossTerm]:
@@ -137,6 +137,16 @@ def active_terms(args: Any) -> list[LossTerm]:
             "DistillationConfig subclass, or unregister_loss_term() them."
         )
     return [t for t in _REGISTRY.values() if t.is_on(args)]
+
+
+def weight_names(terms: Iterable[LossTerm]) -> list[str]:
+    """The weight fields of `terms`, in order, each once."""
+    return list(dict.fromkeys(term.weight for term in terms))
+
+
+def format_weights(terms: Iterable[LossTerm], args: Any, separator: str = ", ") -> str:
+    """`name=value` of the weight fields of `terms` under `args` (for error messages)."""
+    return separator.join(f"{name}={getattr(args, name)}" for name in weight_names(terms))
 
 
 def needs_any(terms: Iterable[LossTerm], *needs: str) -> bool:

@@ -13,7 +13,7 @@ from ..losses import OutputHead, fused_logit_terms
 from ..teacher_cache import CACHE_KEYS
 from ..terms import LossTerm, TermInputs, active_terms, registry
 from ..terms.inputs import attended, label_mask
-from ..terms.registry import NORMALISERS, needs_any
+from ..terms.registry import NORMALISERS, format_weights
 from .teacher import TeacherSetup
 
 TEACHER_PREFIX = "teacher_"
@@ -67,6 +67,7 @@ class TermComputer:
     ):
         self.args, self.task, self.teacher = args, task, teacher
         self.terms: list[LossTerm] = active_terms(args)
+        self.needs: frozenset[str] = frozenset().union(*(t.needs for t in self.terms))  # of the terms that are on
         self.layer_pairs, self.attention_pairs = layer_pairs, attention_pairs
         self.output_width, self.unwrap = output_width, unwrap
         pools = {t.projection_pool for t in self.terms if registry.PROJECTIONS in t.needs}
@@ -111,15 +112,14 @@ class TermComputer:
         teacher_inputs = {
             k[len(TEACHER_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(TEACHER_PREFIX)
         }
-        if not needs_any(self.terms, registry.TEACHER_INPUTS):
+        if registry.TEACHER_INPUTS not in self.needs:
             return inputs, inputs, extras
         if not teacher_inputs:
-            weights = ", ".join(
-                f"{t.weight}={getattr(self.args, t.weight)}" for t in self.terms if registry.TEACHER_INPUTS in t.needs
-            )
+            word_terms = [t for t in self.terms if registry.TEACHER_INPUTS in t.needs]
             raise ValueError(
-                f"{weights} need batches from DSGKDCollator (the teacher reads its own tokenization: "
-                "teacher_input_ids, ...; and word_pool, teacher_word_pool, word_mask): use it as data_collator."
+                f"{format_weights(word_terms, self.args)} need batches from DSGKDCollator (the teacher reads its own "
+                "tokenization: teacher_input_ids, ...; and word_pool, teacher_word_pool, word_mask): use it as "
+                "data_collator."
             )
         return inputs, teacher_inputs, extras
 
@@ -131,9 +131,9 @@ class TermComputer:
 
     def _flags(self, fused: bool) -> dict[str, Any]:
         flags: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1} if fused else {}
-        if needs_any(self.terms, registry.HIDDEN_STATES):
+        if registry.HIDDEN_STATES in self.needs:
             flags["output_hidden_states"] = True
-        if needs_any(self.terms, registry.ATTENTIONS):
+        if registry.ATTENTIONS in self.needs:
             flags["output_attentions"] = True
         return flags
 
@@ -156,11 +156,11 @@ class TermComputer:
                 batch's own when `None`.
             scale (`float`): Multiplies the loss (undoes DDP's gradient averaging when counts cover all processes).
         """
-        if labels is None and needs_any(self.terms, registry.LABELS):
+        if labels is None and registry.LABELS in self.needs:
             raise ValueError(
                 "DistillationTrainer needs `labels` in every batch (use -100 for positions to ignore) for "
-                f"{', '.join(t.weight for t in self.terms if registry.LABELS in t.needs)} > 0; a data set without "
-                "labels trains the terms that do not read them (set those weights to 0)."
+                f"{format_weights((t for t in self.terms if registry.LABELS in t.needs), self.args)}; a data set "
+                "without labels trains the terms that do not read them (set those weights to 0)."
             )
         local = self.counts({**inputs, "labels": labels})
         student_inputs, teacher_inputs, extras = self._split(dict(inputs))
@@ -169,7 +169,7 @@ class TermComputer:
         pool = {"hidden_pool": extras[self.projection_pool]} if self.projection_pool in extras else {}
         outputs = model(**student_inputs, **flags, **pool)
         teacher_outputs = None
-        if needs_any(self.terms, registry.TEACHER):
+        if registry.TEACHER in self.needs:
             with torch.no_grad():
                 teacher_outputs = self.teacher.model(**teacher_inputs, **flags)
         x = TermInputs(
@@ -207,11 +207,11 @@ class TermComputer:
 
     def _fused_terms(self, x: TermInputs, model: nn.Module) -> dict[str, torch.Tensor]:
         args, mask = self.args, x.label_mask
-        on = {t.log_name for t in self.terms}
+        on = {t.name for t in self.terms}
         student_head = OutputHead.of(self.unwrap(model))
         hidden = x.student.hidden_states[-1][:, :-1][mask]
         teacher_hidden = teacher_head = None
-        if "loss_kd" in on:
+        if "kd" in on:
             teacher_hidden = x.teacher.hidden_states[-1][:, :-1][mask]
             teacher_head = OutputHead.of(self.unwrap(self.teacher.model))
         if not self._heads_checked:  # the heads must be what the models use: check on the kept position
@@ -220,7 +220,7 @@ class TermComputer:
                 check_head(teacher_head, x.teacher, "teacher")
             self._heads_checked = True
         ce, kd = fused_logit_terms(
-            hidden, student_head, teacher_hidden, teacher_head, x.shifted_labels[mask] if "loss_ce" in on else None,
+            hidden, student_head, teacher_hidden, teacher_head, x.shifted_labels[mask] if "ce" in on else None,
             args.divergence, args.temperature, args.jsd_beta, self.teacher.vocab_size, args.logit_chunk_size,
         )  # fmt: skip
         return {"ce": ce, "kd": kd}
@@ -241,4 +241,4 @@ class TermComputer:
     @property
     def uses_logits(self) -> bool:
         """Whether a term reads the student's logits (otherwise its output head can be skipped)."""
-        return needs_any(self.terms, registry.LOGITS)
+        return registry.LOGITS in self.needs

@@ -14,7 +14,7 @@ from ..config import DistillationConfig
 from ..losses import HiddenProjector
 from ..modeling import base_model, check_attentions_available, hidden_size, infer_task, load_pretrained, num_layers
 from ..terms import active_terms
-from ..terms.registry import LOGITS
+from ..terms.registry import LOGITS, format_weights
 from .student import DistillationStudent, encoder_of
 
 
@@ -28,11 +28,11 @@ def load_student(model: PreTrainedModel | str, args: DistillationConfig, peft_co
 
         model = get_peft_model(model, peft_config)
     task = infer_task(model, "student") if args.task == "auto" else args.task
-    logit_terms = [t.weight for t in active_terms(args) if LOGITS in t.needs]
+    logit_terms = [t for t in active_terms(args) if LOGITS in t.needs]
     if task == "feature_extraction" and logit_terms:
         raise ValueError(
             f"The student {type(base_model(model)).__name__} is headless (AutoModel): it has no logits for "
-            f"{', '.join(f'{w}={getattr(args, w)}' for w in dict.fromkeys(logit_terms))}; set them to 0 and "
+            f"{format_weights(logit_terms, args)}; set them to 0 and "
             "distil its hidden states or attention maps (hidden_weight, attention_weight)."
         )
     if task == "feature_extraction" and args.ddk_update_steps is not None:

@@ -22,7 +22,7 @@ from ..modeling import (
 )
 from ..parallel import prepare_teacher, shards_parameters
 from ..teacher_cache import TeacherCache
-from ..terms.registry import LOGITS, TEACHER, active_terms
+from ..terms.registry import LOGITS, TEACHER, active_terms, format_weights, registered_terms, weight_names
 
 logger = logging.get_logger(__name__)
 
@@ -57,11 +57,10 @@ class TeacherSetup:
         terms = active_terms(args)
         teacher_terms = [t for t in terms if TEACHER in t.needs]
         if teacher is None and teacher_terms:
-            weights = ", ".join(dict.fromkeys(t.weight for t in teacher_terms))
-            every = ", ".join(dict.fromkeys(t.weight for t in _all_teacher_terms()))
+            every = ", ".join(weight_names(t for t in registered_terms() if TEACHER in t.needs))
             raise ValueError(
                 f"teacher_model is missing: pass a teacher model (or its hub id / path), or set every teacher term "
-                f"({every}) to 0 for plain fine-tuning (now on: {weights})."
+                f"({every}) to 0 for plain fine-tuning (now on: {format_weights(teacher_terms, args)})."
             )
         setup = cls()
         if teacher_terms:
@@ -71,16 +70,16 @@ class TeacherSetup:
             logger.warning(f"teacher_model is ignored: {reason}")
         if args.teacher_cache:
             setup.cache, setup.vocab_size = _open_cache(args, student, task, tokenizer)
-        setup.fused_logits = setup._can_fuse(args, task, student)
+        setup.fused_logits = setup._can_fuse(args, task, student, terms)
         return setup
 
-    def _can_fuse(self, args: DistillationConfig, task: str, student: nn.Module) -> bool:
+    def _can_fuse(self, args: DistillationConfig, task: str, student: nn.Module, terms: list) -> bool:
         """Whether CE / KD run fused from hidden states and heads (`logit_loss`); `"fused"` when impossible fails."""
         if args.logit_loss == "fused" and task != "causal_lm":
             raise ValueError(
                 f"DistillationConfig.logit_loss='fused' works for causal LMs only (task is {task}): use 'auto'."
             )
-        uses_logits = any(LOGITS in t.needs for t in active_terms(args))
+        uses_logits = any(LOGITS in t.needs for t in terms)
         if args.logit_loss == "logits" or task != "causal_lm" or not uses_logits or self.cache is not None:
             return False  # with a cache, the student's logits are compared with the cached top-k
         # the teacher runs with the student's flags (`logits_to_keep=1`), so it must support them whenever present
@@ -108,12 +107,6 @@ class TeacherSetup:
         """Put the live teacher on the accelerator's devices (sharded like the student under ZeRO-3 / FSDP)."""
         if self.model is not None:
             self.model = prepare_teacher(self.model, accelerator)
-
-
-def _all_teacher_terms() -> list:
-    from ..terms.registry import registered_terms
-
-    return [t for t in registered_terms() if TEACHER in t.needs]
 
 
 def _load_teacher(

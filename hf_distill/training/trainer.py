@@ -265,9 +265,9 @@ class DistillationTrainer(Trainer):
         labels = inputs.pop("labels", None)
         domain_ids = inputs.pop(DOMAIN_IDS, None)
         whole_batch = model.training and isinstance(num_items_in_batch, dict)
-        counts, scale = (num_items_in_batch, 1) if whole_batch else (None, 1)
-        if whole_batch and self.args.average_tokens_across_devices:
-            scale = self.accelerator.num_processes  # counts cover every process; DDP averages gradients: undo it
+        counts = num_items_in_batch if whole_batch else None
+        # counts that cover every process: DDP averages the gradients, so undo its division
+        scale = self.accelerator.num_processes if whole_batch and self.args.average_tokens_across_devices else 1
         loss, outputs = self.loss_terms.loss(model, inputs, labels, counts, scale)
         if model.training and domain_ids is not None and self.domains is not None:
             for key, value in self.domains.shares(domain_ids).items():
