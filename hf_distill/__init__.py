@@ -25,7 +25,15 @@ from .losses import (
 )
 from .teacher_cache import TeacherCache, TeacherCacheCollator, build_teacher_cache
 from .terms import LossTerm, TermInputs, register_loss_term, registered_terms, unregister_loss_term
-from .training import PROJECTOR_NAME, DistillationStudent, DistillationTrainer, convert_checkpoint
+from .training import (
+    PROJECTOR_NAME,
+    DistillationStudent,
+    DistillationTrainer,
+    EmptyLabelsError,
+    NonFiniteError,
+    convert_checkpoint,
+    last_complete_checkpoint,
+)
 
 __version__ = "0.2.0"
 
@@ -39,8 +47,10 @@ __all__ = [
     "DomainCollator",
     "DomainTermTagger",
     "DomainWeightedSampler",
+    "EmptyLabelsError",
     "HiddenProjector",
     "LossTerm",
+    "NonFiniteError",
     "TeacherCache",
     "TeacherCacheCollator",
     "TermInputs",
@@ -52,6 +62,7 @@ __all__ = [
     "ddk_update",
     "discrepancy_factor",
     "hidden_state_loss",
+    "last_complete_checkpoint",
     "logit_distillation_loss",
     "parse_layer_map",
     "pool_word_states",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
 
+import torch
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from .alignment import parse_layer_map
 from .ddk.update import parse_domain_weights
@@ -21,10 +26,24 @@ from .terms.registry import (
     needs_any,
     weight_names,
 )
+from .validation import TRAINING_NUMBER_RULES, NumberRule, check_numbers
 
 TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification", "feature_extraction")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOGIT_LOSSES = ("auto", "fused", "logits")
+EMPTY_LABELS = ("error", "warn")
+logger = logging.get_logger(__name__)
+
+# the accepted values of every numeric field (those of TrainingArguments included), checked before anything else
+NUMBER_RULES: dict[str, NumberRule] = {
+    **TRAINING_NUMBER_RULES,
+    "temperature": NumberRule(low=0.01, high=100, hint="1 is the plain softmax; 1 to 4 is usual"),
+    "jsd_beta": NumberRule(low=0, high=1),
+    "logit_chunk_size": NumberRule(low=1),
+    "ddk_update_steps": NumberRule(low=1, hint="optimizer steps between DDK updates; None keeps the mixture fixed"),
+    "ddk_alpha": NumberRule(low=0, high=1, hint="0.5 is DDK's value"),
+    "ddk_eval_batches": NumberRule(low=1),
+}
 
 
 @dataclass
@@ -129,12 +148,28 @@ class DistillationConfig(TrainingArguments):
             "teacher's top-k log-probabilities from it and no teacher model is loaded (logit KD and CE only)."
         },
     )
+    teacher_cache_check_hashes: bool = field(
+        default=True,
+        metadata={
+            "help": "Compare the SHA-256 of every teacher-cache shard with its manifest before training (reads the "
+            "whole cache once); False starts faster on a large cache and still checks paths, sizes and values."
+        },
+    )
     task: str = field(
         default="auto",
         metadata={
             "help": "Task of student and teacher; 'auto' infers it from the model class. 'feature_extraction' is a "
             "headless model (AutoModel, e.g. an embedding model): hidden-state and attention terms only.",
             "choices": list(TASKS),
+        },
+    )
+
+    empty_labels: str = field(
+        default="error",
+        metadata={
+            "help": "What a training step whose batch (all micro-batches, all processes) has no label token does "
+            "when a term reads labels: 'error' stops training, 'warn' logs once and trains the other terms.",
+            "choices": list(EMPTY_LABELS),
         },
     )
 
@@ -172,25 +207,23 @@ class DistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        super().__post_init__()
         check_weights(self)
+        check_numbers(self, NUMBER_RULES)
+        super().__post_init__()
         terms = active_terms(self)
         self._check_dsg_kd(terms)
-        if not self.temperature > 0:
-            raise ValueError(f"DistillationConfig.temperature={self.temperature} must be > 0 (1.0 is plain softmax).")
         self._check_choice("divergence", DIVERGENCES)
         self._check_choice("hidden_loss", HIDDEN_LOSSES)
         self._check_choice("attention_loss", ATTENTION_LOSSES)
         self._check_choice("teacher_dtype", TEACHER_DTYPES)
         self._check_choice("task", TASKS)
         self._check_choice("logit_loss", LOGIT_LOSSES)
+        self._check_choice("empty_labels", EMPTY_LABELS)
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(
                 f"DistillationConfig.jsd_beta={self.jsd_beta} must be strictly between 0 and 1; for the end points "
                 "use divergence='forward_kl' or 'reverse_kl'."
             )
-        if self.logit_chunk_size < 1:
-            raise ValueError(f"DistillationConfig.logit_chunk_size={self.logit_chunk_size} must be >= 1.")
         parse_layer_map(self.layer_map)
         self._check_ddk()
         self._check_teacher_cache(terms)
@@ -236,15 +269,11 @@ class DistillationConfig(TrainingArguments):
             )
 
     def _check_ddk(self) -> None:
-        if self.ddk_update_steps is not None and self.ddk_update_steps <= 0:
-            raise ValueError(
-                f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} must be a positive number of optimizer "
-                "steps (or None to keep the mixture fixed)."
+        if self.ddk_update_steps is not None and 0 < self.max_steps < self.ddk_update_steps:
+            logger.warning(
+                f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} > max_steps={self.max_steps}: DDK "
+                "never updates the domain mixture in this run (it stays at ddk_initial_weights)."
             )
-        if not 0.0 <= self.ddk_alpha <= 1.0:
-            raise ValueError(f"DistillationConfig.ddk_alpha={self.ddk_alpha} must be in [0, 1] (0.5 is DDK's value).")
-        if self.ddk_eval_batches < 1:
-            raise ValueError(f"DistillationConfig.ddk_eval_batches={self.ddk_eval_batches} must be >= 1.")
         try:
             weights = parse_domain_weights(self.ddk_initial_weights)
         except ValueError as error:
@@ -256,6 +285,19 @@ class DistillationConfig(TrainingArguments):
                     f"DistillationConfig.ddk_initial_weights={self.ddk_initial_weights!r}: weights must be >= 0 and "
                     f"sum to 1 (they sum to {total:g}); normalise them or use 'uniform'."
                 )
+
+    @cached_property
+    def _setup_devices(self) -> torch.device:
+        """As `TrainingArguments`, but processes on CPU (`use_cpu`, gloo) also wait at most `ddp_timeout` seconds for
+        each other: transformers passes the timeout to the process group on accelerators only, so a hung or dead
+        process used to hang the others for gloo's default 30 minutes."""
+        from accelerate import PartialState
+
+        on_cpu = self.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if on_cpu and several and not torch.distributed.is_initialized():
+            PartialState(cpu=True, backend=self.ddp_backend, timeout=timedelta(seconds=self.ddp_timeout))
+        return TrainingArguments._setup_devices.func(self)
 
     @property
     def initial_domain_weights(self) -> dict[str, float] | None:

@@ -21,6 +21,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_MAPPING_NAMES,
 )
 
+from .files import checked_load
+
 SUPPORTED_TASKS = ("causal_lm", "masked_lm", "sequence_classification", "feature_extraction")
 
 
@@ -183,7 +185,7 @@ def resolve_dtype(teacher_dtype: str, student: nn.Module, bf16: bool, fp16: bool
 
 
 def load_pretrained(
-    name_or_path: str, task: str, dtype: torch.dtype, eager: bool, trust_remote_code: bool
+    name_or_path: str, task: str, dtype: torch.dtype, eager: bool, trust_remote_code: bool, role: str = "model"
 ) -> PreTrainedModel:
     """
     Load a model (teacher or student) by hub name or local path, from safetensors only.
@@ -194,11 +196,15 @@ def load_pretrained(
         dtype (`torch.dtype`): Dtype to load in.
         eager (`bool`): Load with eager attention (needed for attention maps).
         trust_remote_code (`bool`): Allow custom modeling code (off by default).
+        role (`str`): Names the model in errors (`"teacher_model"`, `"model"`).
+
+    Raises:
+        `ValueError`: naming `role`, the model and, for a local folder, the unreadable weight file.
     """
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
     if eager:
         kwargs["attn_implementation"] = "eager"
-    return _AUTO_CLASSES[task].from_pretrained(name_or_path, **kwargs)
+    return checked_load(_AUTO_CLASSES[task].from_pretrained, name_or_path, role, **kwargs)
 
 
 def supports_fused_logits(model: nn.Module) -> bool:

@@ -4,13 +4,15 @@ log-probabilities per token in safetensors shards with a JSON manifest, and trai
 Layout of a cache directory:
 
 - `manifest.json`: format, version, teacher name, tokenizer hash, `k`, temperature, vocabulary size, number of
-  examples and tokens, a fingerprint of the dataset's `input_ids`, and the shards (file, first and last example);
+  examples and tokens, a fingerprint of the dataset's `input_ids`, and the shards (file, first and last example,
+  size in bytes, SHA-256);
 - `shard-XXXXX.safetensors`: `logprobs` `(tokens, k)` (float32 or bfloat16, sorted descending), `indices`
   `(tokens, k)` int32, `offsets` `(examples + 1,)` int64: example `i` of the shard owns rows
   `offsets[i]:offsets[i+1]`, one row per attended position (`attention_mask == 1`) in order.
 
 Everything is read with `json` and `safetensors`: no pickle. The manifest is written last, so an interrupted build
-leaves no usable cache.
+leaves no usable cache. Opening a cache checks it whole before training ([`verify_cache`]): shard paths stay inside
+the folder, sizes and hashes match the manifest, log-probabilities are finite and <= 0.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .files import read_text_file
+from .teacher_cache_check import file_sha256, verify_cache
+
 CACHE_FORMAT = "hf_distill.teacher_cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each shard's size and SHA-256 (a version-1 cache is upgraded by seal_teacher_cache)
 MANIFEST = "manifest.json"
 INDEX_COLUMN = "teacher_cache_index"
 CACHE_KEYS = ("teacher_topk_logprobs", "teacher_topk_indices")
@@ -130,10 +135,38 @@ def build_teacher_cache(
         "dataset_fingerprint": dataset_fingerprint(row["input_ids"] for row in dataset),
         "shards": writer.shards,
     }
+    _write_manifest(output_dir, manifest)
+    return manifest
+
+
+def _write_manifest(output_dir: str, manifest: dict[str, Any]) -> None:
     tmp = os.path.join(output_dir, MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
     os.replace(tmp, os.path.join(output_dir, MANIFEST))
+
+
+def _shard_record(output_dir: str, name: str) -> dict[str, Any]:
+    path = os.path.join(output_dir, name)
+    return {"size": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
+def seal_teacher_cache(path: str) -> dict[str, Any]:
+    """
+    Record the size and SHA-256 of each shard of a version-1 cache (hf_distill 0.2 and earlier wrote none) in its
+    manifest, making it a version-2 cache that [`TeacherCache`] opens. It trusts the shards as they are now: seal
+    only a cache you built and kept yourself.
+
+    Returns:
+        `dict`: the new manifest.
+    """
+    manifest = json.loads(read_text_file(os.path.join(path, MANIFEST)))
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != 1:
+        raise ValueError(f"teacher_cache={path!r} is not a version-1 hf_distill teacher cache: nothing to seal.")
+    for shard in manifest["shards"]:
+        shard.update(_shard_record(path, os.path.basename(shard["file"])))
+    manifest["version"] = CACHE_VERSION
+    _write_manifest(path, manifest)
     return manifest
 
 
@@ -174,7 +207,8 @@ class _ShardWriter:
             "offsets": lengths.cumsum(0),
         }
         save_file(tensors, os.path.join(self.output_dir, name), metadata={"format": "pt"})
-        self.shards.append({"file": name, "first_example": self.first, "last_example": last})
+        record = {"file": name, "first_example": self.first, "last_example": last}
+        self.shards.append({**record, **_shard_record(self.output_dir, name)})
         self.first = last + 1
         for values in self.buffer.values():
             values.clear()
@@ -182,29 +216,43 @@ class _ShardWriter:
 
 class TeacherCache:
     """
-    Read access to a cache written by [`build_teacher_cache`].
+    Read access to a cache written by [`build_teacher_cache`], checked whole when opened (see [`verify_cache`]).
 
     Args:
         path (`str`): The cache directory.
+        check_hashes (`bool`): Compare each shard's SHA-256 with the manifest (reads every byte once); `False` is
+            faster on a large cache and still checks the paths, sizes, shapes and values.
+
+    Raises:
+        `ValueError`: one line naming the cache, the file and what is wrong (a missing or malformed manifest, a shard
+            path outside the folder, a changed, truncated or missing shard, NaN or positive log-probabilities).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, check_hashes: bool = True):
         manifest_path = os.path.join(path, MANIFEST)
         if not os.path.isfile(manifest_path):
             raise ValueError(
                 f"teacher_cache={path!r} has no {MANIFEST}: build it with build_teacher_cache (an interrupted build "
                 "leaves none)."
             )
-        with open(manifest_path, encoding="utf-8") as f:
-            self.manifest: dict[str, Any] = json.load(f)
-        if self.manifest.get("format") != CACHE_FORMAT or self.manifest.get("version") != CACHE_VERSION:
+        try:
+            self.manifest: dict[str, Any] = json.loads(read_text_file(manifest_path))
+        except ValueError as error:
+            raise ValueError(f"teacher_cache={path!r}: {MANIFEST} is not valid JSON ({error}); rebuild it.") from None
+        found = (self.manifest.get("format"), self.manifest.get("version")) if isinstance(self.manifest, dict) else ()
+        if found == (CACHE_FORMAT, 1):
             raise ValueError(
-                f"teacher_cache={path!r} is not an hf_distill teacher cache of version {CACHE_VERSION} (format "
-                f"{self.manifest.get('format')!r}, version {self.manifest.get('version')!r}): rebuild it."
+                f"teacher_cache={path!r} was written by hf_distill 0.2 or earlier, without shard hashes: rebuild it, "
+                "or record the hashes of the shards as they are with hf_distill.teacher_cache.seal_teacher_cache."
+            )
+        if found != (CACHE_FORMAT, CACHE_VERSION):
+            raise ValueError(
+                f"teacher_cache={path!r} is not an hf_distill teacher cache of version {CACHE_VERSION} (format, "
+                f"version: {found}): rebuild it."
             )
         self.path = path
+        self._offsets: dict[int, list[int]] = verify_cache(path, self.manifest, check_hashes)
         self._firsts = [shard["first_example"] for shard in self.manifest["shards"]]
-        self._offsets: dict[int, list[int]] = {}
 
     @property
     def k(self) -> int:
@@ -257,8 +305,6 @@ class TeacherCache:
         shard_number = bisect.bisect_right(self._firsts, index) - 1
         shard = self.manifest["shards"][shard_number]
         with safe_open(os.path.join(self.path, shard["file"]), framework="pt") as f:
-            if shard_number not in self._offsets:
-                self._offsets[shard_number] = f.get_tensor("offsets").tolist()
             offsets = self._offsets[shard_number]
             local = index - shard["first_example"]
             start, stop = offsets[local], offsets[local + 1]

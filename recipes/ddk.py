@@ -11,7 +11,15 @@ overridden on the command line. The recipe loads teacher and student, loads the 
 column, a local JSON/Parquet/CSV file, or a directory with one file per domain), holds out `validation_size` texts
 per domain, tokenizes and packs, trains with DDK, prints the per-domain perplexity of the teacher, the student
 before and the student after, plots the DDK domain weights over the steps, saves the student (safetensors and
-tokenizer) and, with `--push_to_hub`, pushes it with a model card.
+tokenizer), `results.json` and its model card (`README.md`) and, with `--push_to_hub`, then pushes it.
+
+Reliability: every value is checked before a model is loaded (one-line `error: ...`, exit code 2). With checkpoints
+(`--save_strategy steps --save_steps N`), a run re-started with the same `--output_dir` resumes from the newest
+complete checkpoint (`--resume_from_checkpoint true|PATH` says so explicitly; `--overwrite_output_dir true` starts
+over); a checkpoint killed while being written is skipped. A NaN or infinite loss term stops training with exit
+code 1 and saves nothing. On several processes, `--ddp_timeout SECONDS` bounds how long the others wait for a hung
+or dead process before the job fails (also on CPU). The Hub token comes from `HF_TOKEN` or `hf auth login`; a
+`--hub_token` on the command line is visible to other users and echoed by the launcher when a run fails.
 """
 
 from __future__ import annotations
@@ -24,13 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, default_data_collator
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
-from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args
+from hf_distill import DistillationConfig, DistillationTrainer, EmptyLabelsError, NonFiniteError
+from hf_distill.files import checked_load
+from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args, warn_command_line_token
 from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
+from hf_distill.recipe_tools.publish import fail, save_then_push
+from hf_distill.recipe_tools.resume import resume_point
+from hf_distill.validation import NumberRule, check_numbers
 
 logger = logging.get_logger("recipes.ddk")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +76,20 @@ class ScriptArguments:
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager'."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     plot: bool = field(default=True, metadata={"help": "Save ddk_weights.png (needs matplotlib)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Remove the checkpoints of --output_dir and start over (otherwise the run resumes)."},
+    )
+
+    def __post_init__(self):
+        check_numbers(self, SCRIPT_NUMBER_RULES)
+
+
+SCRIPT_NUMBER_RULES = {
+    "block_size": NumberRule(low=2, hint="tokens per training block"),
+    "validation_size": NumberRule(low=1, hint="held-out texts per domain"),
+    "max_eval_batches": NumberRule(low=1, hint="unset evaluates every held-out block"),
+}
 
 
 def _has_accelerator() -> bool:
@@ -80,16 +106,35 @@ def _local(path: str | None) -> str | None:
 
 def _load_causal_lm(name: str, role: str, script: ScriptArguments, dtype: torch.dtype) -> torch.nn.Module:
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        return checked_load(
+            AutoModelForCausalLM.from_pretrained,
             name,
+            f"{role}_model",
             dtype=dtype,
             attn_implementation=script.attn_implementation,
             trust_remote_code=script.trust_remote_code,
             use_safetensors=True,
         )
-    except (OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise RecipeError(f"{role}_model={name!r} could not be loaded: {message}") from error
+    except ValueError as error:
+        raise RecipeError(str(error)) from error
+
+
+def _check_block_size(script: ScriptArguments) -> None:
+    """`block_size` must fit both models' position range (read from their configs, before any weight is loaded)."""
+    for role in ("teacher", "student"):
+        name = getattr(script, f"{role}_model")
+        try:
+            config = checked_load(
+                AutoConfig.from_pretrained, name, f"{role}_model", trust_remote_code=script.trust_remote_code
+            )
+        except ValueError as error:
+            raise RecipeError(str(error)) from error
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit is not None and script.block_size > limit:
+            raise RecipeError(
+                f"--block_size {script.block_size} is beyond the {role}'s {limit} positions "
+                f"({role}_model={name!r}): use --block_size {limit} or less."
+            )
 
 
 def _check_tokenizers(script: ScriptArguments, student_tokenizer: Any) -> None:
@@ -123,6 +168,10 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         setattr(script, name, _local(getattr(script, name)))
     if args.ddk_update_steps is None:
         raise RecipeError("ddk_update_steps is not set: this recipe trains with DDK (e.g. --ddk_update_steps 100).")
+    warn_command_line_token(argv)
+    _check_block_size(script)
+    with args.main_process_first(desc="find a checkpoint to resume from"):
+        resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
 
     try:
         corpus = load_domain_corpus(
@@ -139,7 +188,15 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         train_texts, held_out = hold_out(corpus, script.validation_size, args.domain_column, args.seed)
     except ValueError as error:
         raise RecipeError(f"--validation_size {script.validation_size}: {error}") from error
-    tokenizer = AutoTokenizer.from_pretrained(script.student_model, trust_remote_code=script.trust_remote_code)
+    try:
+        tokenizer = checked_load(
+            AutoTokenizer.from_pretrained,
+            script.student_model,
+            "student_model",
+            trust_remote_code=script.trust_remote_code,
+        )
+    except ValueError as error:
+        raise RecipeError(str(error)) from error
     _check_tokenizers(script, tokenizer)
     with args.main_process_first(desc="tokenize and pack"):
         try:
@@ -166,7 +223,7 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         )
     except ValueError as error:
         raise RecipeError(" ".join(str(error).split())) from error
-    return trainer, script, {"validation": validation, "corpus": corpus}
+    return trainer, script, {"validation": validation, "corpus": corpus, "resume": resume}
 
 
 def perplexity_table(results: dict[str, dict[str, float]], weights: dict[str, float]) -> str:
@@ -206,12 +263,20 @@ def plot_weights(steps: list[int], weights: dict[str, list[float]], path: str) -
     plt.close(fig)
 
 
+def write_results(output_dir: str, summary: dict[str, Any], table: str, plot: bool) -> None:
+    """The local artefacts of a run (main process): the table on stdout, `results.json`, the plot."""
+    print("\nPer-domain perplexity on the held-out texts\n" + table)
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if plot:
+        plot_weights(summary["ddk_steps"], summary["ddk_weights"], os.path.join(output_dir, "ddk_weights.png"))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         trainer, script, data = build(argv)
     except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(error), 2)
     args, validation = trainer.args, data["validation"]
 
     evaluator, names = trainer.domain_evaluator, list(validation)
@@ -225,7 +290,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logger.warning("student-before is not measured under DeepSpeed ZeRO-3 (the student is not wrapped yet).")
     else:
         results["student-before"] = domain_losses(trainer.model)
-    trainer.train()
+    if not all(math.isfinite(v) for v in results["teacher"].values()):
+        fail(f"the teacher's held-out loss is not finite ({results['teacher']}): check teacher_model's weights.", 1)
+    try:
+        trainer.train(resume_from_checkpoint=data["resume"])
+    except (NonFiniteError, EmptyLabelsError) as error:
+        fail(f"training stopped: {error}", 1)
     results["student-after"] = domain_losses(trainer.model)
     steps, history = weight_history(trainer)
     final = {name: values[-1] for name, values in history.items()}
@@ -235,22 +305,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.model_card_info.update(
         dataset_name=script.dataset_name, results=results, teacher_name=script.teacher_model
     )
-    trainer.save_model(args.output_dir)  # with --push_to_hub, also pushes the student with its card (Trainer-native)
+    table = perplexity_table(results, final)
+    save_then_push(trainer, lambda: write_results(args.output_dir, summary, table, script.plot))
+    where = os.path.abspath(args.output_dir)
     if trainer.is_world_process_zero():
-        print("\nPer-domain perplexity on the held-out texts\n" + perplexity_table(results, final))
-        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        if script.plot:
-            plot_weights(steps, history, os.path.join(args.output_dir, "ddk_weights.png"))
-        where = os.path.abspath(args.output_dir)
         pushed = f", pushed to {trainer.hub_model_id}" if args.push_to_hub else ""
         improved = ""
         if "student-before" in results:
             better = sum(results["student-after"][d] < results["student-before"][d] for d in final)
             improved = f"perplexity improved on {better}/{len(final)} domains; "
         print(
-            f"Done: student saved to {where} (safetensors + tokenizer; results.json, ddk_weights.png){pushed}; "
-            f"{improved}{trainer.accelerator.num_processes} process(es)."
+            f"Done: student saved to {where} (safetensors + tokenizer; results.json, README.md, ddk_weights.png)"
+            f"{pushed}; {improved}{trainer.accelerator.num_processes} process(es)."
         )
     return summary
 

@@ -12,6 +12,10 @@ Both runs use the same seed and settings; the table printed at the end gives AUR
 evaluation split, `results.json` keeps them, and the DSG-KD student is saved (safetensors) in `--output_dir`.
 Domain words default to Latin-script runs in non-Latin text (English terms in Korean notes); `--lexicon FILE`
 (one term per line) or `--term_pattern REGEX` replaces the rule.
+
+Each run keeps its checkpoints in its own folder (`OUTPUT_DIR/fine-tuning`, `OUTPUT_DIR/dsg-kd`); re-started with the
+same `--output_dir`, each run resumes from its newest complete checkpoint (`--overwrite_output_dir true` starts over).
+Bad values, files and NaN losses end the run with one `error: ...` line, as in `recipes/ddk.py`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,25 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasets import DatasetDict, load_dataset
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_distill import DistillationConfig, DistillationTrainer, DomainTermTagger, DSGKDCollator
+from hf_distill import (
+    DistillationConfig,
+    DistillationTrainer,
+    DomainTermTagger,
+    DSGKDCollator,
+    EmptyLabelsError,
+    NonFiniteError,
+)
+from hf_distill.files import check_text_file, checked_load, one_line, read_text_file
 from hf_distill.metrics import classification_metrics
-from hf_distill.recipe_tools.cli import parse_recipe_args
+from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args, warn_command_line_token
+from hf_distill.recipe_tools.publish import fail, save_then_push
+from hf_distill.recipe_tools.resume import resume_point
+from hf_distill.validation import NumberRule, check_numbers
 
 # DSG-KD's defaults; a --config YAML and the command line override them
 DEFAULTS = {"gamma": 0.0, "word_hidden_weight": 1.0, "word_attention_weight": 1.0, "report_to": "none"}
@@ -44,6 +60,24 @@ class DSGKDArguments:
     max_length: int = field(default=128, metadata={"help": "Truncation length of both tokenizations."})
     lexicon: str | None = field(default=None, metadata={"help": "File of domain terms, one per line."})
     term_pattern: str | None = field(default=None, metadata={"help": "Regex that finds domain terms."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Remove the runs' checkpoints in --output_dir and start over (otherwise they resume)."},
+    )
+
+    def __post_init__(self):
+        check_numbers(self, {"max_length": NumberRule(low=2, hint="tokens per example")})
+
+
+def _load_files(builder: str, files: dict[str, str]) -> DatasetDict:
+    """Local split files; an empty, non-UTF-8 or malformed one is a [`RecipeError`] naming it."""
+    try:
+        for file in files.values():
+            if builder != "parquet":
+                check_text_file(file)
+        return load_dataset(builder, data_files=files)
+    except Exception as error:  # noqa: BLE001 - datasets raises many types (and StopIteration)
+        raise RecipeError(f"--dataset: {one_line(error)}") from error
 
 
 def load_splits(path: str, seed: int) -> tuple:
@@ -55,15 +89,15 @@ def load_splits(path: str, seed: int) -> tuple:
             if ext in _FORMATS and stem in ("train", "validation", "test"):
                 files[stem] = os.path.join(path, name)
         if "train" not in files:
-            raise SystemExit(f"error: --dataset {path!r} has no train.json/.jsonl/.csv/.parquet file")
-        data = load_dataset(_FORMATS[os.path.splitext(files["train"])[1]], data_files=files)
+            raise RecipeError(f"--dataset {path!r} has no train.json/.jsonl/.csv/.parquet file")
+        data = _load_files(_FORMATS[os.path.splitext(files["train"])[1]], files)
     elif os.path.isfile(path):
         ext = os.path.splitext(path)[1]
         if ext not in _FORMATS:
-            raise SystemExit(f"error: --dataset {path!r}: use a {sorted(_FORMATS)} file")
-        data = load_dataset(_FORMATS[ext], data_files={"train": path})
+            raise RecipeError(f"--dataset {path!r}: use a {sorted(_FORMATS)} file")
+        data = _load_files(_FORMATS[ext], {"train": path})
     elif os.path.sep in path or path.startswith("."):
-        raise SystemExit(f"error: --dataset {path!r} does not exist")
+        raise RecipeError(f"--dataset {path!r} does not exist")
     else:
         data = load_dataset(path)
     data = data if isinstance(data, DatasetDict) else DatasetDict(train=data)
@@ -74,59 +108,105 @@ def load_splits(path: str, seed: int) -> tuple:
     return data["train"], evaluation
 
 
-def main(argv: list[str]) -> None:
+def _load(load: Any, name: str, field: str, **kwargs: Any) -> Any:
+    try:
+        return checked_load(load, name, field, **kwargs)
+    except ValueError as error:
+        raise RecipeError(str(error)) from error
+
+
+def prepare(argv: list[str]) -> tuple[DSGKDArguments, DistillationConfig, dict[str, Any]]:
+    """Arguments, data, tokenizers, collator and teacher; any bad input is a [`RecipeError`]."""
     try:
         script, args = parse_recipe_args((DSGKDArguments, DistillationConfig), argv, defaults=DEFAULTS)
     except ValueError as error:  # RecipeError, or a DistillationConfig check
-        raise SystemExit(f"error: {' '.join(str(error).split())}") from None
+        raise RecipeError(" ".join(str(error).split())) from None
+    warn_command_line_token(argv)
+    if args.resume_from_checkpoint not in (None, "true", "True"):
+        raise RecipeError(
+            f"--resume_from_checkpoint {args.resume_from_checkpoint}: this recipe trains two students, each with "
+            "its own checkpoints in --output_dir; use --resume_from_checkpoint true (each resumes from its newest)."
+        )
     train, evaluation = load_splits(script.dataset, args.seed)
     for column in (script.text_column, script.label_column):
         if column not in train.column_names:
-            raise SystemExit(f"error: the dataset has no {column!r} column (columns: {train.column_names})")
-    num_labels = len(set(train[script.label_column]))
+            raise RecipeError(f"the dataset has no {column!r} column (columns: {train.column_names})")
     lexicon = None
     if script.lexicon is not None:
-        with open(script.lexicon, encoding="utf-8") as f:
-            lexicon = [line for line in f.read().splitlines() if line.strip()]
-    tagger = DomainTermTagger(lexicon=lexicon, pattern=script.term_pattern)
-    student_tokenizer = AutoTokenizer.from_pretrained(script.student)
+        try:
+            lexicon = [line for line in read_text_file(script.lexicon).splitlines() if line.strip()]
+        except ValueError as error:
+            raise RecipeError(f"--lexicon {error}") from None
+    student_tokenizer = _load(AutoTokenizer.from_pretrained, script.student, "student")
     collator = DSGKDCollator(
         student_tokenizer,
-        AutoTokenizer.from_pretrained(script.teacher),
-        tagger=tagger,
+        _load(AutoTokenizer.from_pretrained, script.teacher, "teacher"),
+        tagger=DomainTermTagger(lexicon=lexicon, pattern=script.term_pattern),
         max_length=script.max_length,
         text_column=script.text_column,
         label_column=script.label_column,
     )
-    teacher = AutoModel.from_pretrained(script.teacher, attn_implementation="eager", use_safetensors=True)
+    teacher = _load(AutoModel.from_pretrained, script.teacher, "teacher", attn_implementation="eager",
+                    use_safetensors=True)  # fmt: skip
+    parts = {"train": train, "evaluation": evaluation, "collator": collator, "tokenizer": student_tokenizer}
+    return script, args, {**parts, "teacher": teacher, "num_labels": len(set(train[script.label_column]))}
+
+
+def run(name: str, run_args: DistillationConfig, script: DSGKDArguments, parts: dict[str, Any]) -> DistillationTrainer:
+    """Train one student in `output_dir/<name>` (resuming from its newest complete checkpoint) and evaluate it."""
+    with run_args.main_process_first(desc="find a checkpoint to resume from"):
+        resume = resume_point(run_args.output_dir, run_args.resume_from_checkpoint, script.overwrite_output_dir)
+    student = _load(AutoModelForSequenceClassification.from_pretrained, script.student, "student",
+                    num_labels=parts["num_labels"], attn_implementation="eager", use_safetensors=True)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=parts["teacher"] if run_args.dsg_kd else None,
+        args=run_args,
+        train_dataset=parts["train"],
+        eval_dataset=parts["evaluation"],
+        data_collator=parts["collator"],
+        processing_class=parts["tokenizer"],
+        compute_metrics=classification_metrics,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def main(argv: list[str]) -> None:
+    try:
+        script, args, parts = prepare(argv)
+        runs = {
+            "fine-tuning": dataclasses.replace(
+                args, word_hidden_weight=0.0, word_attention_weight=0.0, alpha_ce=1.0, push_to_hub=False
+            ),
+            "dsg-kd": args,
+        }
+        runs = {
+            name: dataclasses.replace(a, output_dir=os.path.join(args.output_dir, name)) for name, a in runs.items()
+        }
+    except RecipeError as error:
+        fail(" ".join(str(error).split()), 2)
     results = {}
-    for name, run_args in (
-        ("fine-tuning", dataclasses.replace(args, word_hidden_weight=0.0, word_attention_weight=0.0, alpha_ce=1.0)),
-        ("DSG-KD", args),
-    ):
-        student = AutoModelForSequenceClassification.from_pretrained(
-            script.student, num_labels=num_labels, attn_implementation="eager", use_safetensors=True
-        )
-        trainer = DistillationTrainer(
-            model=student,
-            teacher_model=teacher if run_args.dsg_kd else None,
-            args=run_args,
-            train_dataset=train,
-            eval_dataset=evaluation,
-            data_collator=collator,
-            processing_class=student_tokenizer,
-            compute_metrics=classification_metrics,
-        )
-        trainer.train()
+    for name, run_args in runs.items():
+        try:
+            trainer = run(name, run_args, script, parts)
+        except RecipeError as error:
+            fail(str(error), 2)
+        except (NonFiniteError, EmptyLabelsError) as error:
+            fail(f"training stopped ({name}): {error}", 1)
         metrics = trainer.evaluate()
-        results[name] = {k: metrics[f"eval_{k}"] for k in ("auroc", "auprc", "f1")}
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
+        results["DSG-KD" if name == "dsg-kd" else name] = {k: metrics[f"eval_{k}"] for k in ("auroc", "auprc", "f1")}
+    trainer.args.output_dir = args.output_dir  # the DSG-KD student is saved at the top of --output_dir
+
+    def write_local() -> None:
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         print(f"\n{'run':<12} {'AUROC':>8} {'AUPRC':>8} {'F1':>8}")
         for name, row in results.items():
             print(f"{name:<12} {row['auroc']:>8.4f} {row['auprc']:>8.4f} {row['f1']:>8.4f}")
+
+    save_then_push(trainer, write_local)
+    if trainer.is_world_process_zero():
         print(f"DSG-KD student saved to {args.output_dir}")
 
 

@@ -36,8 +36,8 @@ def test_dsg_kd_recipe_compares_fine_tuning_and_dsg_kd_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, str(ROOT / "recipes" / "dsg_kd.py"), "--student", str(student_dir),
            "--teacher", str(teacher_dir), "--dataset", str(data_dir), "--output_dir", str(out), "--max_steps", "8",
-           "--per_device_train_batch_size", "8", "--max_length", "40", "--use_cpu", "true",
-           "--disable_tqdm", "true", "--layer_map", "1:2,2:4"]  # fmt: skip
+           "--per_device_train_batch_size", "8", "--max_length", "40", "--use_cpu", "true", "--disable_tqdm",
+           "true", "--layer_map", "1:2,2:4", "--save_strategy", "steps", "--save_steps", "4"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -47,6 +47,13 @@ def test_dsg_kd_recipe_compares_fine_tuning_and_dsg_kd_offline(tmp_path):
     assert "AUROC" in proc.stdout and f"DSG-KD student saved to {out}" in proc.stdout
     assert "classifier.weight" in load_file(str(out / "model.safetensors"))
     assert not (out / PROJECTOR_NAME).exists()
+    assert (out / "fine-tuning" / "checkpoint-8").is_dir() and (out / "dsg-kd" / "checkpoint-8").is_dir()
+
+    # started again: each run resumes from its own newest checkpoint (nothing left to train) and ends the same
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("holds checkpoints: resuming from") == 2
+    assert json.loads((out / "results.json").read_text()) == results
 
     bad = subprocess.run([*cmd[:7], str(tmp_path / "missing"), *cmd[8:]], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "does not exist" in bad.stderr

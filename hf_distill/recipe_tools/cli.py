@@ -2,16 +2,103 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
+import typing
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
+from transformers.utils import logging
+
+from ..files import read_text_file
+
+logger = logging.get_logger(__name__)
 
 
 class RecipeError(ValueError):
     """A problem with a recipe's input, found before training; the recipes print it as one line and exit."""
+
+
+def warn_command_line_token(argv: Sequence[str]) -> None:
+    """Warn when `--hub_token` is on the command line (the token itself is never printed)."""
+    if any(arg == "--hub_token" or arg.startswith("--hub_token=") for arg in argv):
+        logger.warning(
+            "--hub_token on the command line is visible to other users (process list, shell history) and "
+            "`accelerate launch` prints the whole command line when a run fails: set the HF_TOKEN environment "
+            "variable or run `hf auth login` instead."
+        )
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` whose errors raise [`RecipeError`] (one line, no usage block) and whose `--help` works
+    whatever the help strings hold (a bare `%` is escaped)."""
+
+    def __init__(self, dataclass_types: Sequence[type], **kwargs: Any):
+        super().__init__(dataclass_types, **kwargs)
+        for action in self._actions:
+            if action.help and not _formats(action.help):
+                action.help = action.help.replace("%", "%%")
+
+    def error(self, message: str) -> NoReturn:
+        raise RecipeError(f"{' '.join(message.split())} (see --help).")
+
+
+def _formats(text: str) -> bool:
+    """Whether argparse can %-format `text`."""
+    try:
+        text % defaultdict(str)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _accepts_none(dataclass_types: Sequence[type], name: str) -> bool:
+    """Whether the field `name` is typed `... | None`."""
+    for cls in dataclass_types:
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+    return False
+
+
+def _coerce(action: argparse.Action, value: Any, accepts_none: bool, where: str) -> Any:
+    """A YAML value converted and checked as the command line would be (`2.5` for an int field is refused)."""
+    field = f"{where}: {action.dest}={value!r}"
+    if value is None:
+        if accepts_none:
+            return None
+        raise RecipeError(
+            f"{field}: the field needs a value; remove the line to keep the default ({action.default!r})."
+        )
+    if isinstance(value, dict) or action.type is None:
+        return value  # dict fields (e.g. lr_scheduler_kwargs) and flags without a converter are checked downstream
+    many = action.nargs in ("+", "*")
+    if isinstance(value, (list, tuple)) and not many:
+        raise RecipeError(f"{field} is a list, but the field takes one value.")
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    converted = []
+    for item in items:
+        if isinstance(item, (list, tuple, dict)) or (isinstance(item, float) and action.type is int):
+            raise RecipeError(f"{field} is not {_type_name(action)}.")
+        if isinstance(item, bool) and action.type in (int, float):
+            raise RecipeError(f"{field} is a boolean, but the field takes {_type_name(action)}.")
+        try:
+            item = action.type(str(item) if not isinstance(item, bool) else str(item).lower())
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise RecipeError(f"{field} is not {_type_name(action)}.") from None
+        if action.choices is not None and item not in action.choices:
+            raise RecipeError(f"{field} is not one of {list(action.choices)}.")
+        converted.append(item)
+    return converted if many else converted[0]
+
+
+def _type_name(action: argparse.Action) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", string_to_bool: "a boolean (true or false)"}
+    return names.get(action.type, "a valid value")
 
 
 def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -38,11 +125,16 @@ def read_yaml_config(path: str) -> dict[str, Any]:
 
     if not os.path.isfile(path):
         raise RecipeError(f"--config {path!r}: no such file.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as error:
-            raise RecipeError(f"--config {path!r} is not valid YAML: {' '.join(str(error).split())}") from error
+    try:
+        text = read_text_file(path)
+    except ValueError as error:
+        raise RecipeError(f"--config {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"--config {path!r} is not valid YAML: {' '.join(str(error).split())}") from error
+    if data is None:
+        raise RecipeError(f"--config {path!r} holds no settings (only comments): add field: value lines.")
     if not isinstance(data, dict):
         raise RecipeError(f"--config {path!r} must be a mapping of field: value, got {type(data).__name__}.")
     return data
@@ -69,9 +161,11 @@ def parse_recipe_args(
         `tuple`: one instance of each dataclass.
 
     Raises:
-        [`RecipeError`]: a missing or malformed config file, or a YAML key that is not a field of any dataclass.
+        [`RecipeError`]: a missing, empty or malformed config file, a YAML key that is not a field of any
+            dataclass, a value of the wrong type (a YAML `2.5` or `null` for an int field, a list for a single
+            value), or a command-line error (argparse's, as one line).
     """
-    parser = HfArgumentParser(dataclass_types)
+    parser = RecipeArgumentParser(dataclass_types)
     actions = {action.dest: action for action in parser._actions}
     if defaults:
         parser.set_defaults(**defaults)
@@ -86,7 +180,8 @@ def parse_recipe_args(
                 f"--config {path!r}: {', '.join(repr(k) for k in unknown)} is not a field of {fields}; fix the "
                 "spelling or remove it (see --help for the fields)."
             )
-        for key in config:
+        for key, value in config.items():
             actions[key].required = False
+            config[key] = _coerce(actions[key], value, _accepts_none(dataclass_types, key), f"--config {path!r}")
         parser.set_defaults(**config)
     return parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)

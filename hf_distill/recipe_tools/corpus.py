@@ -9,6 +9,7 @@ from typing import Any
 from datasets import Dataset, Value, concatenate_datasets, load_dataset
 
 from ..ddk.data import split_by_domain
+from ..files import check_text_file, one_line
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -18,8 +19,17 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _load_file(path: str) -> Dataset:
+    """One local data file; an unreadable, empty, non-UTF-8 or malformed file is a `ValueError` naming it."""
     builder = FILE_BUILDERS[os.path.splitext(path)[1]]
-    return load_dataset(builder, data_files=path, split="train")
+    if builder != "parquet":
+        check_text_file(path)
+    try:
+        dataset = load_dataset(builder, data_files=path, split="train")
+    except Exception as error:  # noqa: BLE001 - datasets raises many types (and StopIteration); name the file
+        raise ValueError(f"{path!r} could not be read as {builder}: {one_line(error)}") from error
+    if len(dataset) == 0:
+        raise ValueError(f"{path!r} holds no rows.")
+    return dataset
 
 
 def load_domain_corpus(

@@ -14,6 +14,7 @@ from ..teacher_cache import CACHE_KEYS
 from ..terms import LossTerm, TermInputs, active_terms, registry
 from ..terms.inputs import attended, label_mask
 from ..terms.registry import NORMALISERS, format_weights
+from .guards import StepGuard
 from .teacher import TeacherSetup
 
 TEACHER_PREFIX = "teacher_"
@@ -79,6 +80,7 @@ class TermComputer:
             "eval": defaultdict(list),
         }
         self._heads_checked = False
+        self.guard = StepGuard(args.empty_labels)
 
     # ---- counts ----------------------------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class TermComputer:
         labels: torch.Tensor | None,
         counts: dict[str, torch.Tensor] | None = None,
         scale: float = 1.0,
+        step: int = 0,
     ) -> tuple[torch.Tensor, Any]:
         """
         Run the models and return `(loss, student outputs)`.
@@ -155,6 +158,10 @@ class TermComputer:
             counts (`dict[str, torch.Tensor]`, *optional*): The normalisers of the whole accumulated batch; the
                 batch's own when `None`.
             scale (`float`): Multiplies the loss (undoes DDP's gradient averaging when counts cover all processes).
+            step (`int`): The optimizer step, named in the errors of the training guard ([`StepGuard`]).
+
+        Raises:
+            [`NonFiniteError`]: in training, a term is NaN or infinite (before any gradient of it exists).
         """
         if labels is None and registry.LABELS in self.needs:
             raise ValueError(
@@ -181,14 +188,17 @@ class TermComputer:
             x.fused_logits = self._fused_sums(x, model)
         counts = counts if counts is not None else local
         mode = "train" if model.training else "eval"
-        loss = None
+        loss, values = None, []
         for term in self.terms:
             value = term.compute(x)
             if value is None:
                 continue
+            values.append((term, value))
             weighted = getattr(self.args, term.weight) * value / counts[term.normaliser].clamp_min(1)
             loss = weighted if loss is None else loss + weighted
             self.metrics[mode][term.log_name].append(value.detach() / local[term.normaliser].clamp_min(1))
+        if model.training:
+            self.guard.check(values, counts, self.args, step)
         if loss is None:  # no term had anything in this batch (e.g. cached KD alone, on evaluation data)
             loss = torch.zeros((), device=local[registry.ATTENDED_TOKENS].device)
         return scale * loss, outputs

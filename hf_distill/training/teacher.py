@@ -115,7 +115,9 @@ def _load_teacher(
     """Load (if needed), check against the student, freeze and cast the teacher."""
     dtype = resolve_dtype(args.teacher_dtype, student, args.bf16, args.fp16)
     if isinstance(teacher, str):
-        teacher = load_pretrained(teacher, task, dtype, args.matches_attentions, args.teacher_trust_remote_code)
+        teacher = load_pretrained(
+            teacher, task, dtype, args.matches_attentions, args.teacher_trust_remote_code, role="teacher_model"
+        )
     vocab_size = None
     if any(LOGITS in t.needs and TEACHER in t.needs for t in terms):  # logits compared: same head, same vocabulary
         teacher_task = infer_task(teacher, "teacher")
@@ -138,6 +140,6 @@ def _open_cache(args: DistillationConfig, student: nn.Module, task: str, tokeniz
             f"DistillationConfig.teacher_cache holds a causal LM teacher's outputs on fixed inputs; the task is "
             f"{task} (a masked LM teacher sees the collator's random masks): use a live teacher."
         )
-    cache = TeacherCache(args.teacher_cache)
+    cache = TeacherCache(args.teacher_cache, args.teacher_cache_check_hashes)
     cache.check(tokenizer, args.temperature, output_size(student, task))
     return cache, cache.manifest["vocab_size"]

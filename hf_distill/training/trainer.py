@@ -27,7 +27,9 @@ from ..ddk.data import DOMAIN_IDS
 from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
 from ..teacher_cache import TeacherCacheCollator
+from .checkpoints import checkpoint_problem, last_complete_checkpoint
 from .computer import TermComputer
+from .guards import check_finite_state
 from .publish import push_staged_student, student_card
 from .student import PROJECTOR_NAME, DistillationStudent, student_of
 from .student_setup import layer_pairs_and_projections, load_student, student_module
@@ -268,7 +270,7 @@ class DistillationTrainer(Trainer):
         counts = num_items_in_batch if whole_batch else None
         # counts that cover every process: DDP averages the gradients, so undo its division
         scale = self.accelerator.num_processes if whole_batch and self.args.average_tokens_across_devices else 1
-        loss, outputs = self.loss_terms.loss(model, inputs, labels, counts, scale)
+        loss, outputs = self.loss_terms.loss(model, inputs, labels, counts, scale, self.state.global_step + 1)
         if model.training and domain_ids is not None and self.domains is not None:
             for key, value in self.domains.shares(domain_ids).items():
                 self._metrics["train"][key].append(value)
@@ -317,17 +319,44 @@ class DistillationTrainer(Trainer):
 
     # ---- Trainer hooks: saving, resuming, publishing -----------------------------------------------------------
 
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """
+        [`~transformers.Trainer.train`], resuming only from complete checkpoints: with `resume_from_checkpoint=True`
+        the newest complete `checkpoint-N` of `output_dir` (a folder killed while being written is skipped with a
+        log line); a given path must be a complete checkpoint.
+
+        Raises:
+            `ValueError`: `True` with no complete checkpoint, or a path that is not a complete checkpoint.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                where = f"output_dir={self.args.output_dir!r}"
+                raise ValueError(f"resume_from_checkpoint=True: {where} holds no complete checkpoint to resume from.")
+        elif isinstance(resume_from_checkpoint, str) and (problem := checkpoint_problem(resume_from_checkpoint)):
+            raise ValueError(
+                f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint: {problem}."
+            )
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the student alone (`from_pretrained`-loadable); in a checkpoint also the learned projections."""
+        """Save the student alone (`from_pretrained`-loadable); in a checkpoint also the learned projections. A
+        student with non-finite weights is refused ([`NonFiniteError`]) before anything is written."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        state_dict = state_dict if state_dict is not None else self.model.state_dict()
+        check_finite_state(state_dict, output_dir)
         if not isinstance(self.model, DistillationStudent):
             return super()._save(output_dir, state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return None
         os.makedirs(output_dir, exist_ok=True)
-        student_state, projections = DistillationStudent.split_state_dict(
-            state_dict if state_dict is not None else self.model.state_dict()
-        )
+        student_state, projections = DistillationStudent.split_state_dict(state_dict)
         self.model.student.save_pretrained(output_dir, state_dict=student_state)
         if projections and _CHECKPOINT.match(os.path.basename(os.path.normpath(output_dir))):
             DistillationStudent.save_projections(projections, output_dir)
