@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["check_text_file", "checked_load", "checked_weight_files", "one_line", "read_text_file"]
 
@@ -44,7 +44,7 @@ def check_text_file(path: str, chunk_size: int = 1 << 20) -> None:
         raise ValueError(f"{path!r} is empty.")
 
 
-def _not_utf8(path: str, offset: int, data: bytes) -> None:
+def _not_utf8(path: str, offset: int, data: bytes) -> NoReturn:
     raise ValueError(f"{path!r} is not UTF-8 text (byte {offset}: {data!r}); save it as UTF-8.") from None
 
 
@@ -98,5 +98,7 @@ def checked_load(load: Callable[..., Any], name: str, field: str, **kwargs: Any)
     except Exception as error:  # noqa: BLE001 - from_pretrained raises many types; the user needs one line
         if isinstance(error, MemoryError):
             raise
-        files = ", ".join(os.path.basename(p) for p in _weight_files(name)) or "no local weight files"
-        raise ValueError(f"{field}={name!r} could not be loaded ({files}): {one_line(error)}") from error
+        files = ""
+        if os.path.isdir(name):
+            files = f" ({', '.join(os.path.basename(p) for p in _weight_files(name)) or 'no weight files'})"
+        raise ValueError(f"{field}={name!r} could not be loaded{files}: {one_line(error)}") from error

@@ -57,26 +57,29 @@ def _formats(text: str) -> bool:
     return True
 
 
-def _accepts_none(dataclass_types: Sequence[type], name: str) -> bool:
-    """Whether the field `name` is typed `... | None`."""
+def _field_types(dataclass_types: Sequence[type]) -> dict[str, tuple[Any, ...]]:
+    """`name -> the types of its annotation` (the members of a union) for every field."""
+    types = {}
     for cls in dataclass_types:
-        if name in {f.name for f in dataclasses.fields(cls)}:
-            return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
-    return False
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            hint = hints[field.name]
+            types[field.name] = tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) or (hint,)))
+    return types
 
 
-def _coerce(action: argparse.Action, value: Any, accepts_none: bool, where: str) -> Any:
+def _coerce(action: argparse.Action, value: Any, types: tuple[Any, ...], where: str) -> Any:
     """A YAML value converted and checked as the command line would be (`2.5` for an int field is refused)."""
     field = f"{where}: {action.dest}={value!r}"
     if value is None:
-        if accepts_none:
+        if type(None) in types:
             return None
         raise RecipeError(
             f"{field}: the field needs a value; remove the line to keep the default ({action.default!r})."
         )
-    if isinstance(value, dict) or action.type is None:
-        return value  # dict fields (e.g. lr_scheduler_kwargs) and flags without a converter are checked downstream
     many = action.nargs in ("+", "*")
+    if isinstance(value, dict) or action.type is None or (isinstance(value, list) and list in types and not many):
+        return value  # dict or list values of fields typed so (e.g. lr_scheduler_kwargs, fsdp): checked downstream
     if isinstance(value, (list, tuple)) and not many:
         raise RecipeError(f"{field} is a list, but the field takes one value.")
     items = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -172,7 +175,7 @@ def parse_recipe_args(
     path, args = _pop_config(list(sys.argv[1:] if argv is None else argv))
     path = path or default_config
     if path is not None:
-        config = read_yaml_config(path)
+        config, types = read_yaml_config(path), _field_types(dataclass_types)
         unknown = [key for key in config if key not in actions or key == "help"]
         if unknown:
             fields = " or ".join(t.__name__ for t in dataclass_types)
@@ -182,6 +185,6 @@ def parse_recipe_args(
             )
         for key, value in config.items():
             actions[key].required = False
-            config[key] = _coerce(actions[key], value, _accepts_none(dataclass_types, key), f"--config {path!r}")
+            config[key] = _coerce(actions[key], value, types[key], f"--config {path!r}")
         parser.set_defaults(**config)
     return parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)

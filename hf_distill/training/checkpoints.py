@@ -18,7 +18,9 @@ from ..files import checked_weight_files
 
 logger = logging.get_logger(__name__)
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+# the model's files: safetensors / index / adapters / bin, DeepSpeed's `latest` tag, FSDP's sharded state folder
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+            "latest", "pytorch_model_fsdp_0")  # fmt: skip
 
 __all__ = ["checkpoint_folders", "checkpoint_problem", "last_complete_checkpoint"]
 
@@ -46,7 +48,7 @@ def checkpoint_problem(path: str) -> str | None:
         return f"{TRAINER_STATE_NAME} is not whole JSON (the save was interrupted)"
     if not isinstance(state, dict) or "global_step" not in state:
         return f"{TRAINER_STATE_NAME} holds no global_step"
-    if not any(os.path.isfile(os.path.join(path, name)) for name in _WEIGHTS):
+    if not any(os.path.exists(os.path.join(path, name)) for name in _WEIGHTS):
         return "no model weights"
     return checked_weight_files(path)
 
