@@ -13,7 +13,15 @@ from safetensors import safe_open
 
 __all__ = ["file_sha256", "verify_cache"]
 
-_FIELDS = {"k": int, "vocab_size": int, "num_examples": int, "num_tokens": int, "temperature": (int, float)}
+_FIELDS = {
+    "k": int,
+    "vocab_size": int,
+    "num_examples": int,
+    "num_tokens": int,
+    "temperature": (int, float),
+    "tokenizer_hash": str,
+    "dataset_fingerprint": str,
+}
 _SHARD_FIELDS = {"file": str, "first_example": int, "last_example": int, "size": int, "sha256": str}
 _ROWS_PER_CHECK = 1 << 16  # rows of a shard read at once for the value checks
 

@@ -465,6 +465,8 @@ TAMPERINGS = {
     "truncated shard": (lambda c: (c / "shard-00001.safetensors").write_bytes(b"\0" * 10), "has 10 bytes"),
     "manifest not json": (lambda c: (c / "manifest.json").write_text("{not json"), "manifest.json is not valid JSON"),
     "no size": (lambda c: _edit_manifest(c, lambda m: m["shards"][0].pop("size")), "has no valid 'size'"),
+    "no tokenizer hash": (lambda c: _edit_manifest(c, lambda m: m.pop("tokenizer_hash")), "valid 'tokenizer_hash'"),
+    "k as text": (lambda c: _edit_manifest(c, lambda m: m.update(k="4")), "has no valid 'k' \\(got '4'\\)"),
     "k": (lambda c: _edit_manifest(c, lambda m: m.update(k=8)), "wrong shape or dtype"),
     "examples": (lambda c: _edit_manifest(c, lambda m: m.update(num_examples=13)), "hold 12 examples"),
     "shard gap": (lambda c: _edit_manifest(c, lambda m: m["shards"][1].update(first_example=6)), "does not start at"),
