@@ -37,8 +37,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from hf_distill import DistillationConfig, DistillationTrainer, EmptyLabelsError, NonFiniteError
-from hf_distill.files import checked_load
-from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args, warn_command_line_token
+from hf_distill.recipe_tools.cli import RecipeError, load_or_refuse, parse_recipe_args, warn_command_line_token
 from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
@@ -105,30 +104,24 @@ def _local(path: str | None) -> str | None:
 
 
 def _load_causal_lm(name: str, role: str, script: ScriptArguments, dtype: torch.dtype) -> torch.nn.Module:
-    try:
-        return checked_load(
-            AutoModelForCausalLM.from_pretrained,
-            name,
-            f"{role}_model",
-            dtype=dtype,
-            attn_implementation=script.attn_implementation,
-            trust_remote_code=script.trust_remote_code,
-            use_safetensors=True,
-        )
-    except ValueError as error:
-        raise RecipeError(str(error)) from error
+    return load_or_refuse(
+        AutoModelForCausalLM.from_pretrained,
+        name,
+        f"{role}_model",
+        dtype=dtype,
+        attn_implementation=script.attn_implementation,
+        trust_remote_code=script.trust_remote_code,
+        use_safetensors=True,
+    )
 
 
 def _check_block_size(script: ScriptArguments) -> None:
     """`block_size` must fit both models' position range (read from their configs, before any weight is loaded)."""
     for role in ("teacher", "student"):
         name = getattr(script, f"{role}_model")
-        try:
-            config = checked_load(
-                AutoConfig.from_pretrained, name, f"{role}_model", trust_remote_code=script.trust_remote_code
-            )
-        except ValueError as error:
-            raise RecipeError(str(error)) from error
+        config = load_or_refuse(
+            AutoConfig.from_pretrained, name, f"{role}_model", trust_remote_code=script.trust_remote_code
+        )
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if limit is not None and script.block_size > limit:
             raise RecipeError(
@@ -188,15 +181,12 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         train_texts, held_out = hold_out(corpus, script.validation_size, args.domain_column, args.seed)
     except ValueError as error:
         raise RecipeError(f"--validation_size {script.validation_size}: {error}") from error
-    try:
-        tokenizer = checked_load(
-            AutoTokenizer.from_pretrained,
-            script.student_model,
-            "student_model",
-            trust_remote_code=script.trust_remote_code,
-        )
-    except ValueError as error:
-        raise RecipeError(str(error)) from error
+    tokenizer = load_or_refuse(
+        AutoTokenizer.from_pretrained,
+        script.student_model,
+        "student_model",
+        trust_remote_code=script.trust_remote_code,
+    )
     _check_tokenizers(script, tokenizer)
     with args.main_process_first(desc="tokenize and pack"):
         try:

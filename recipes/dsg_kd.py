@@ -38,9 +38,9 @@ from hf_distill import (
     EmptyLabelsError,
     NonFiniteError,
 )
-from hf_distill.files import check_text_file, checked_load, one_line, read_text_file
+from hf_distill.files import check_text_file, one_line, read_text_file
 from hf_distill.metrics import classification_metrics
-from hf_distill.recipe_tools.cli import RecipeError, parse_recipe_args, warn_command_line_token
+from hf_distill.recipe_tools.cli import RecipeError, load_or_refuse, parse_recipe_args, warn_command_line_token
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.validation import NumberRule, check_numbers
@@ -108,13 +108,6 @@ def load_splits(path: str, seed: int) -> tuple:
     return data["train"], evaluation
 
 
-def _load(load: Any, name: str, field: str, **kwargs: Any) -> Any:
-    try:
-        return checked_load(load, name, field, **kwargs)
-    except ValueError as error:
-        raise RecipeError(str(error)) from error
-
-
 def prepare(argv: list[str]) -> tuple[DSGKDArguments, DistillationConfig, dict[str, Any]]:
     """Arguments, data, tokenizers, collator and teacher; any bad input is a [`RecipeError`]."""
     try:
@@ -137,16 +130,16 @@ def prepare(argv: list[str]) -> tuple[DSGKDArguments, DistillationConfig, dict[s
             lexicon = [line for line in read_text_file(script.lexicon).splitlines() if line.strip()]
         except ValueError as error:
             raise RecipeError(f"--lexicon {error}") from None
-    student_tokenizer = _load(AutoTokenizer.from_pretrained, script.student, "student")
+    student_tokenizer = load_or_refuse(AutoTokenizer.from_pretrained, script.student, "student")
     collator = DSGKDCollator(
         student_tokenizer,
-        _load(AutoTokenizer.from_pretrained, script.teacher, "teacher"),
+        load_or_refuse(AutoTokenizer.from_pretrained, script.teacher, "teacher"),
         tagger=DomainTermTagger(lexicon=lexicon, pattern=script.term_pattern),
         max_length=script.max_length,
         text_column=script.text_column,
         label_column=script.label_column,
     )
-    teacher = _load(AutoModel.from_pretrained, script.teacher, "teacher", attn_implementation="eager",
+    teacher = load_or_refuse(AutoModel.from_pretrained, script.teacher, "teacher", attn_implementation="eager",
                     use_safetensors=True)  # fmt: skip
     parts = {"train": train, "evaluation": evaluation, "collator": collator, "tokenizer": student_tokenizer}
     return script, args, {**parts, "teacher": teacher, "num_labels": len(set(train[script.label_column]))}
@@ -156,7 +149,7 @@ def run(name: str, run_args: DistillationConfig, script: DSGKDArguments, parts: 
     """Train one student in `output_dir/<name>` (resuming from its newest complete checkpoint) and evaluate it."""
     with run_args.main_process_first(desc="find a checkpoint to resume from"):
         resume = resume_point(run_args.output_dir, run_args.resume_from_checkpoint, script.overwrite_output_dir)
-    student = _load(AutoModelForSequenceClassification.from_pretrained, script.student, "student",
+    student = load_or_refuse(AutoModelForSequenceClassification.from_pretrained, script.student, "student",
                     num_labels=parts["num_labels"], attn_implementation="eager", use_safetensors=True)  # fmt: skip
     trainer = DistillationTrainer(
         model=student,

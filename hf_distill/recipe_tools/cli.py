@@ -15,13 +15,21 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging
 
-from ..files import read_text_file
+from ..files import checked_load, read_text_file
 
 logger = logging.get_logger(__name__)
 
 
 class RecipeError(ValueError):
     """A problem with a recipe's input, found before training; the recipes print it as one line and exit."""
+
+
+def load_or_refuse(load: Any, name: str, field: str, **kwargs: Any) -> Any:
+    """[`checked_load`] for the recipes: a model, config or tokenizer that cannot be loaded is a [`RecipeError`]."""
+    try:
+        return checked_load(load, name, field, **kwargs)
+    except ValueError as error:
+        raise RecipeError(str(error)) from error
 
 
 def warn_command_line_token(argv: Sequence[str]) -> None:

@@ -17,19 +17,19 @@ from transformers.utils import logging
 from ..files import checked_weight_files
 
 logger = logging.get_logger(__name__)
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+CHECKPOINT_FOLDER = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # the Trainer's own naming
 # the model's files: safetensors / index / adapters / bin, DeepSpeed's `latest` tag, FSDP's sharded state folder
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
             "latest", "pytorch_model_fsdp_0")  # fmt: skip
 
-__all__ = ["checkpoint_folders", "checkpoint_problem", "last_complete_checkpoint"]
+__all__ = ["CHECKPOINT_FOLDER", "checkpoint_folders", "checkpoint_problem", "last_complete_checkpoint"]
 
 
 def checkpoint_folders(output_dir: str) -> list[str]:
     """The `checkpoint-N` folders of `output_dir`, by step (oldest first)."""
     if not os.path.isdir(output_dir):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))]
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_FOLDER.match(name))]
     return [
         os.path.join(output_dir, name) for _, name in sorted(found) if os.path.isdir(os.path.join(output_dir, name))
     ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 from functools import partial
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.trainer_utils import HubStrategy
 from transformers.utils import find_labels, logging
 
 from ..alignment import attention_layer_pairs
@@ -27,7 +26,7 @@ from ..ddk.data import DOMAIN_IDS
 from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
 from ..teacher_cache import TeacherCacheCollator
-from .checkpoints import checkpoint_problem, last_complete_checkpoint
+from .checkpoints import CHECKPOINT_FOLDER, checkpoint_problem, last_complete_checkpoint
 from .computer import TermComputer
 from .guards import check_finite_state
 from .publish import push_staged_student, student_card
@@ -36,7 +35,6 @@ from .student_setup import layer_pairs_and_projections, load_student, student_mo
 from .teacher import TeacherSetup
 
 logger = logging.get_logger(__name__)
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$")
 
 __all__ = ["PROJECTOR_NAME", "DistillationTrainer"]
 
@@ -358,7 +356,7 @@ class DistillationTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         student_state, projections = DistillationStudent.split_state_dict(state_dict)
         self.model.student.save_pretrained(output_dir, state_dict=student_state)
-        if projections and _CHECKPOINT.match(os.path.basename(os.path.normpath(output_dir))):
+        if projections and CHECKPOINT_FOLDER.match(os.path.basename(os.path.normpath(output_dir))):
             DistillationStudent.save_projections(projections, output_dir)
         tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
         if tokenizer is not None:
