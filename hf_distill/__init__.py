@@ -9,6 +9,7 @@ from .ddk import (
     concatenate_domains,
     ddk_update,
     discrepancy_factor,
+    domain_gap,
     split_by_domain,
 )
 from .dsg_kd import DomainTermTagger, DSGKDCollator
@@ -61,6 +62,7 @@ __all__ = [
     "cross_entropy_loss",
     "ddk_update",
     "discrepancy_factor",
+    "domain_gap",
     "hidden_state_loss",
     "last_complete_checkpoint",
     "logit_distillation_loss",

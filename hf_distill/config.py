@@ -12,7 +12,7 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from .alignment import parse_layer_map
-from .ddk.update import parse_domain_weights
+from .ddk.update import GAPS, parse_domain_weights
 from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
 from .terms import LossTerm, active_terms, check_weights, registered_terms
 from .terms.registry import (
@@ -180,13 +180,22 @@ class DistillationConfig(TrainingArguments):
     ddk_update_steps: int | None = field(
         default=None,
         metadata={
-            "help": "DDK: re-weight the domain mixture every K optimizer steps from the student/teacher loss gap "
-            "per domain (None: the mixture stays at ddk_initial_weights)."
+            "help": "DDK: re-weight the domain mixture every K optimizer steps from the student/teacher perplexity "
+            "gap per domain (ddk_gap; None: the mixture stays at ddk_initial_weights)."
         },
     )
     ddk_alpha: float = field(
         default=0.5,
         metadata={"help": "DDK smoothing alpha in [0, 1]: r = alpha * psi + (1 - alpha) / N (0 keeps r uniform)."},
+    )
+    ddk_gap: str = field(
+        default="perplexity",
+        metadata={
+            "help": "DDK's domain gap l_S / l_T: 'perplexity' (the paper's: the ratio of the student's and the "
+            "teacher's perplexity on the domain's validation data, exp of the mean token CE over all processes) or "
+            "'cross_entropy' (the ratio of the mean token CEs: a much flatter signal; hf_distill <= 0.2).",
+            "choices": list(GAPS),
+        },
     )
     ddk_smoothing: bool = field(
         default=True,
@@ -219,6 +228,7 @@ class DistillationConfig(TrainingArguments):
         self._check_choice("task", TASKS)
         self._check_choice("logit_loss", LOGIT_LOSSES)
         self._check_choice("empty_labels", EMPTY_LABELS)
+        self._check_choice("ddk_gap", GAPS)
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(
                 f"DistillationConfig.jsd_beta={self.jsd_beta} must be strictly between 0 and 1; for the end points "

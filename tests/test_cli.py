@@ -71,6 +71,7 @@ def test_missing_config_file_is_an_error(tmp_path):
     [
         ("demo.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("qwen2.5-1.5b-to-0.5b-ddk.yaml", (ddk.ScriptArguments, DistillationConfig)),
+        ("ddk-paper-qwen1.5.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("bert-dsg-kd.yaml", (dsg_kd.DSGKDArguments, DistillationConfig)),
     ],
 )
@@ -82,3 +83,8 @@ def test_shipped_configs_parse_into_valid_arguments(name, types, tmp_path):
         assert args.ddk_update_steps and args.domain_column and script.teacher_model and script.student_model
     else:
         assert args.dsg_kd and args.gamma == 0.0
+    if name == "ddk-paper-qwen1.5.yaml":  # the paper's values (DDK section 4)
+        assert (args.gamma, args.temperature, args.ddk_alpha, args.ddk_update_steps) == (0.2, 1.0, 0.5, 1000)
+        assert (args.learning_rate, args.lr_scheduler_kwargs, args.warmup_steps) == (3e-5, {"min_lr": 3e-6}, 1000)
+        assert args.lr_scheduler_type == "cosine_with_min_lr" and args.ddk_gap == "perplexity"
+        assert script.validation_size == 500 and args.max_steps == 30000

@@ -4,13 +4,16 @@ import collections
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 from conftest import PadCollator, make_config
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from toy_domains import DOMAINS, domain_datasets, make_student, make_teacher, small_ddk_trainer, toy_pair
+from transformers import AutoModelForCausalLM
 
-from hf_distill import DistillationTrainer, DomainWeightedSampler, ddk_update, discrepancy_factor
+from hf_distill import DistillationTrainer, DomainWeightedSampler, ddk_update, discrepancy_factor, domain_gap
 
 E = math.e
 L_T = [2.0, 1.0, 4.0]
@@ -21,18 +24,35 @@ L_S2 = [3.0, 1.5, 4.0]  # ratios 1.5, 1.5, 1
 # ---- the math ------------------------------------------------------------------------------------------------
 
 
-def test_discrepancy_factor_is_exp_of_the_loss_ratio():
-    assert discrepancy_factor(L_S1, L_T) == pytest.approx([E, E**2, E], rel=1e-12)
-    assert discrepancy_factor(L_S2, L_T) == pytest.approx([E**1.5, E**1.5, E], rel=1e-12)
+def test_discrepancy_factor_is_exp_of_the_perplexity_ratio_or_of_the_ce_ratio():
+    # perplexities exp(L): ratios exp(L_S - L_T) = (1, e, 1) and (e, e^0.5, 1)
+    assert discrepancy_factor(L_S1, L_T) == pytest.approx([E, E**E, E], rel=1e-12)
+    assert discrepancy_factor(L_S2, L_T) == pytest.approx([E**E, E ** (E**0.5), E], rel=1e-12)
+    assert domain_gap(L_S2, L_T) == pytest.approx([E, E**0.5, 1.0], rel=1e-12)
+    assert discrepancy_factor(L_S1, L_T, gap="cross_entropy") == pytest.approx([E, E**2, E], rel=1e-12)
+    assert discrepancy_factor(L_S2, L_T, gap="cross_entropy") == pytest.approx([E**1.5, E**1.5, E], rel=1e-12)
+    assert discrepancy_factor([800.0], [1.0]) == [math.inf]  # e^(e^799) is not a float; the update never forms it
 
 
-def test_two_smoothed_updates_alpha_half_match_hand_computation():
+def test_two_smoothed_updates_on_perplexity_ratios_match_hand_computation():
     r1 = ddk_update([1 / 3] * 3, L_S1, L_T, alpha=0.5)
+    # g = (e, e^e, e); psi = g / (2e + e^e); r1 = psi / 2 + 1/6
+    z = 2 * E + E**E
+    assert r1 == pytest.approx([0.5 * E / z + 1 / 6, 0.5 * E**E / z + 1 / 6, 0.5 * E / z + 1 / 6], abs=1e-12)
+    assert r1 == pytest.approx([0.23267378, 0.53465245, 0.23267378], abs=1e-8)  # by hand
+    r2 = ddk_update(r1, L_S2, L_T, alpha=0.5)
+    # r1 * g = (0.23267378 e^e, 0.53465245 e^(e^0.5), 0.23267378 e) = (3.52600, 2.78037, 0.63247), sum 6.93884
+    assert r2 == pytest.approx([0.42074, 0.36701, 0.21224], abs=1e-5)  # by hand
+    assert sum(r2) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_two_smoothed_updates_on_cross_entropy_ratios_match_hand_computation():
+    r1 = ddk_update([1 / 3] * 3, L_S1, L_T, alpha=0.5, gap="cross_entropy")
     # psi = (e, e^2, e) / (2e + e^2) = (1, e, 1) / (2 + e);  r1 = psi / 2 + 1/6
     a, b = 0.5 / (2 + E) + 1 / 6, 0.5 * E / (2 + E) + 1 / 6
     assert r1 == pytest.approx([a, b, a], abs=1e-12)
     assert r1 == pytest.approx([0.27263745, 0.45472511, 0.27263745], abs=1e-8)  # by hand
-    r2 = ddk_update(r1, L_S2, L_T, alpha=0.5)
+    r2 = ddk_update(r1, L_S2, L_T, alpha=0.5, gap="cross_entropy")
     # r1 * g = (a e^1.5, b e^1.5, a e) = (1.22187627, 2.03793663, 0.74110545), sum 4.00091835
     assert r2 == pytest.approx([0.31936615, 0.42135027, 0.25928358], abs=1e-8)  # by hand
     assert sum(r2) == pytest.approx(1.0, abs=1e-12)
@@ -46,8 +66,10 @@ def test_alpha_zero_keeps_the_mixture_uniform():
 
 def test_no_smoothing_is_softmax_of_the_ratios_and_ignores_history():
     r1 = ddk_update([1 / 3] * 3, L_S1, L_T, smoothing=False)
+    assert r1 == pytest.approx([E / (2 * E + E**E), E**E / (2 * E + E**E), E / (2 * E + E**E)], abs=1e-12)
+    r1 = ddk_update([1 / 3] * 3, L_S1, L_T, smoothing=False, gap="cross_entropy")
     assert r1 == pytest.approx([1 / (2 + E), E / (2 + E), 1 / (2 + E)], abs=1e-12)
-    r2 = ddk_update(r1, L_S2, L_T, smoothing=False)
+    r2 = ddk_update(r1, L_S2, L_T, smoothing=False, gap="cross_entropy")
     z = 2 * E**1.5 + E
     assert r2 == pytest.approx([E**1.5 / z, E**1.5 / z, E / z], abs=1e-12)
     assert r2 == pytest.approx([0.38365173, 0.38365173, 0.23269654], abs=1e-8)  # by hand
@@ -55,8 +77,12 @@ def test_no_smoothing_is_softmax_of_the_ratios_and_ignores_history():
 
 def test_update_edge_cases():
     assert ddk_update([0.0, 0.5, 0.5], L_S1, L_T, alpha=1.0)[0] == 0.0  # a zero weight stays zero at alpha 1
-    big = ddk_update([0.5, 0.5], [2000.0, 1.0], [1.0, 1.0], alpha=1.0)  # exp(2000) would overflow
+    big = ddk_update([0.5, 0.5], [2000.0, 1.0], [1.0, 1.0], alpha=1.0, gap="cross_entropy")  # exp(2000) overflows
     assert big == pytest.approx([1.0, 0.0])
+    big = ddk_update([0.5, 0.5], [9.0, 1.0], [1.0, 1.0], alpha=1.0)  # perplexity ratio e^8 ~ 2981: g = e^2981
+    assert big == pytest.approx([1.0, 0.0])
+    with pytest.raises(ValueError, match="gap='kl' is not supported"):
+        ddk_update([0.5, 0.5], [1.0, 1.0], [1.0, 1.0], gap="kl")
     with pytest.raises(ValueError, match="alpha"):
         ddk_update([0.5, 0.5], [1.0, 1.0], [1.0, 1.0], alpha=1.5)
     with pytest.raises(ValueError, match="teacher losses > 0"):
@@ -225,7 +251,8 @@ def _ddk_run(pair, tmp_path, name, **kwargs):
 def test_ddk_favours_the_lagging_domain_and_closes_its_gap_faster_than_uniform(pair, tmp_path):
     ddk = _ddk_run(pair, tmp_path, "ddk")
     first = ddk.ddk_callback.updates[0]
-    ratios = [s / t for s, t in zip(first["student_losses"], ddk.ddk_callback.teacher_losses, strict=True)]
+    # the paper's perplexity ratio: exp(CE_S) / exp(CE_T)
+    ratios = [math.exp(s - t) for s, t in zip(first["student_losses"], ddk.ddk_callback.teacher_losses, strict=True)]
     assert max(range(3), key=ratios.__getitem__) == 2 and ratios[2] > 3  # the student has never seen "c"
     assert max(range(3), key=first["weights"].__getitem__) == 2
     teacher = ddk.ddk_callback.teacher_losses
@@ -276,12 +303,13 @@ def test_with_dataloader_workers_the_recorded_history_is_the_stream_that_was_tra
 
 def test_a_ddk_checkpoint_of_the_previous_release_resumes_exactly(tmp_path):
     """checkpoint-3 of a 6-step DDK run written by hf_distill 0.1 (its trainer held the DDK state itself): this
-    release restores that state through the ExportableState path and continues as 0.1 did."""
+    release restores that state through the ExportableState path and continues as 0.1 did (0.1's DDK compared
+    cross-entropies: `ddk_gap="cross_entropy"`; the perplexities are logged in addition)."""
     from pathlib import Path
 
     checkpoint = Path(__file__).parent / "data" / "checkpoint-0.1-ddk"
     expected = json.loads((checkpoint / "hf_distill_0.1_continuation.json").read_text())
-    trainer = small_ddk_trainer(tmp_path, save_strategy="steps", save_steps=3)
+    trainer = small_ddk_trainer(tmp_path, save_strategy="steps", save_steps=3, ddk_gap="cross_entropy")
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert json.loads(json.dumps(trainer.domain_sampler.history)) == expected["history"]
     updates = trainer.ddk_callback.updates
@@ -289,7 +317,47 @@ def test_a_ddk_checkpoint_of_the_previous_release_resumes_exactly(tmp_path):
     for got, want in zip(updates, expected["updates"], strict=True):
         assert got["weights"] == pytest.approx(want["weights"], rel=1e-6)
     logs = [h for h in trainer.state.log_history if h.get("step", 0) > 3 and "train_runtime" not in h]
-    assert [sorted(h) for h in logs] == [sorted(h) for h in expected["logs"]]
+    assert [sorted(k for k in h if "/ppl_" not in k) for h in logs] == [sorted(h) for h in expected["logs"]]
     for got, want in zip(logs, expected["logs"], strict=True):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-5), (want["step"], key)
+
+
+def _perplexity(model, dataset):
+    """exp of the mean token cross-entropy over every example, one example at a time with the model's own loss (an
+    independent reference for the evaluator: no padding, no batching)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in dataset["input_ids"]:
+            ids = torch.tensor([row])
+            total += float(model(input_ids=ids, labels=ids).loss) * (len(row) - 1)
+            count += len(row) - 1
+    return math.exp(total / count)
+
+
+@pytest.mark.parametrize("gap", ["perplexity", "cross_entropy"])
+def test_logged_weights_are_the_papers_update_on_independently_measured_perplexities(pair, tmp_path, gap):
+    """Two updates (alpha 0.5): the students of checkpoint-10 and checkpoint-20 (saved right after each update) and
+    the teacher are measured by hand on the whole validation sets (ddk_eval_batches x eval batch = 32 examples), and
+    the update is recomputed from those perplexities, with numpy in float64, exactly as the paper writes it."""
+    trainer = _ddk_run(pair, tmp_path, gap, max_steps=20, ddk_update_steps=10, save_strategy="steps", save_steps=10,
+                       ddk_gap=gap)  # fmt: skip
+    validation = domain_datasets(32, seed=1)
+    teacher = make_teacher(pair[0]).eval()
+    ppl_t = np.array([_perplexity(teacher, validation[d]) for d in DOMAINS], dtype=np.float64)
+    weights = np.full(3, 1 / 3)
+    logged = [h for h in trainer.state.log_history if "ddk/weight/a" in h]
+    assert [h["step"] for h in logged] == [10, 20]
+    for log in logged:
+        student = AutoModelForCausalLM.from_pretrained(tmp_path / gap / f"checkpoint-{log['step']}").eval()
+        ppl_s = np.array([_perplexity(student, validation[d]) for d in DOMAINS], dtype=np.float64)
+        ratio = ppl_s / ppl_t if gap == "perplexity" else np.log(ppl_s) / np.log(ppl_t)
+        g = np.exp(ratio)  # DDK eq. 4: the domain discrepancy factor
+        psi = weights * g / np.sum(weights * g)
+        weights = 0.5 * psi + 0.5 / 3  # eq. 5, alpha = 0.5
+        for i, name in enumerate(DOMAINS):
+            assert log[f"ddk/ppl_S/{name}"] == pytest.approx(ppl_s[i], rel=1e-4)
+            assert log[f"ddk/ppl_T/{name}"] == pytest.approx(ppl_t[i], rel=1e-4)
+            assert log[f"ddk/ratio/{name}"] == pytest.approx(ratio[i], rel=1e-4)
+            assert log[f"ddk/weight/{name}"] == pytest.approx(weights[i], rel=1e-4)
+    assert trainer.domain_sampler.weights == pytest.approx(list(weights), rel=1e-4)

@@ -6,10 +6,11 @@ from .data import DOMAIN_IDS, DomainCollator, concatenate_domains, domain_labels
 from .domains import TrainingDomains
 from .evaluator import DomainEvaluator
 from .sampler import DomainWeightedSampler
-from .update import ddk_update, discrepancy_factor, parse_domain_weights
+from .update import GAPS, ddk_update, discrepancy_factor, domain_gap, parse_domain_weights
 
 __all__ = [
     "DOMAIN_IDS",
+    "GAPS",
     "DDKAttach",
     "DDKCallback",
     "DDKParts",
@@ -20,6 +21,7 @@ __all__ = [
     "concatenate_domains",
     "ddk_update",
     "discrepancy_factor",
+    "domain_gap",
     "domain_labels",
     "parse_domain_weights",
     "split_by_domain",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from transformers.trainer_callback import ExportableState
 
 from .domains import TrainingDomains
 from .evaluator import Batches, DomainEvaluator
-from .update import ddk_update
+from .update import ddk_update, domain_gap
 
 
 @dataclass
@@ -41,13 +42,15 @@ class DDKCallback(TrainerCallback, ExportableState):
     r"""
     Re-weights the training mixture toward the domains where the student lags the teacher most (DDK).
 
-    Every `args.ddk_update_steps` optimizer steps it measures the mean token cross-entropy of the student (`l_S`)
-    on at most `args.ddk_eval_batches` batches of `per_device_eval_batch_size` per domain and process of the
-    held-out per-domain validation data, summed over processes, and hands [`ddk_update`]'s new weights to the
-    [`DomainWeightedSampler`]. The teacher's losses (`l_T`) are computed once and kept. The new weights apply from
-    the next draw that no process has made yet, rounded up to a whole global micro-batch, so every process records
-    the same change. `ddk/l_S/<domain>`, `ddk/l_T/<domain>`, `ddk/ratio/<domain>` and `ddk/weight/<domain>` are
-    logged at each update.
+    Every `args.ddk_update_steps` optimizer steps it measures the mean token cross-entropy of the student on at most
+    `args.ddk_eval_batches` batches of `per_device_eval_batch_size` per domain and process of the held-out
+    per-domain validation data (token losses and counts summed over processes, then divided), and hands
+    [`ddk_update`]'s new weights to the [`DomainWeightedSampler`]: by default on the ratio of the student's and the
+    teacher's perplexities (`exp` of those cross-entropies), as the paper defines it (`args.ddk_gap`). The teacher's
+    losses are computed once and kept. The new weights apply from the next draw that no process has made yet,
+    rounded up to a whole global micro-batch, so every process records the same change. At each update it logs
+    `ddk/l_S/<domain>` and `ddk/l_T/<domain>` (the cross-entropies), `ddk/ppl_S/<domain>` and `ddk/ppl_T/<domain>`
+    (the perplexities), `ddk/ratio/<domain>` (the ratio the update used) and `ddk/weight/<domain>`.
 
     Its state (`teacher_losses`, `updates`, and `sampler`: the sampler's weights history) is saved in each
     checkpoint's `trainer_state.json` and restored on resume through transformers' `ExportableState` path
@@ -106,7 +109,11 @@ class DDKCallback(TrainerCallback, ExportableState):
             self.teacher_losses = self.domain_losses(parts.teacher)
         student_losses = self.domain_losses(model)
         sampler = parts.domains.sampler
-        weights = ddk_update(sampler.weights, student_losses, self.teacher_losses, args.ddk_alpha, args.ddk_smoothing)
+        gap = getattr(args, "ddk_gap", "perplexity")
+        weights = ddk_update(
+            sampler.weights, student_losses, self.teacher_losses, args.ddk_alpha, args.ddk_smoothing, gap
+        )
+        ratios = domain_gap(student_losses, self.teacher_losses, gap)
         position = self._shared_position()
         sampler.set_weights(weights, position)
         self.updates.append({"step": step, "position": position, "student_losses": student_losses, "weights": weights})
@@ -114,7 +121,9 @@ class DDKCallback(TrainerCallback, ExportableState):
         for i, name in enumerate(sampler.domain_names):
             logs[f"ddk/l_S/{name}"] = student_losses[i]
             logs[f"ddk/l_T/{name}"] = self.teacher_losses[i]
-            logs[f"ddk/ratio/{name}"] = student_losses[i] / self.teacher_losses[i]
+            logs[f"ddk/ppl_S/{name}"] = math.exp(min(student_losses[i], 700.0))
+            logs[f"ddk/ppl_T/{name}"] = math.exp(min(self.teacher_losses[i], 700.0))
+            logs[f"ddk/ratio/{name}"] = ratios[i]
             logs[f"ddk/weight/{name}"] = weights[i]
         parts.log(logs)
         return weights

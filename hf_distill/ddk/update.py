@@ -1,10 +1,19 @@
-"""DDK (arXiv 2407.16154): the domain discrepancy factor and the smooth mixture update, as pure functions."""
+"""DDK (arXiv 2407.16154): the domain discrepancy factor and the smooth mixture update, as pure functions.
+
+The paper measures "the perplexity of the student and the teacher" on each domain's validation set and takes the
+ratio `l_S / l_T` of those perplexities (`ddk_gap="perplexity"`, the default). The functions receive the mean token
+cross-entropies `ce` (what a model's loss returns; `exp(ce)` is the perplexity) and work in log space: the perplexity
+ratio is `exp(ce_S - ce_T)`, and `g = exp(ratio)` is only ever used through a softmax of `log r + ratio`.
+`ddk_gap="cross_entropy"` uses `ce_S / ce_T` instead (a much flatter signal; hf_distill <= 0.2 used it).
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Mapping, Sequence
+
+GAPS = ("perplexity", "cross_entropy")
 
 
 def _check_losses(student_losses: Sequence[float], teacher_losses: Sequence[float]) -> None:
@@ -14,19 +23,46 @@ def _check_losses(student_losses: Sequence[float], teacher_losses: Sequence[floa
         raise ValueError(f"Losses must be finite and teacher losses > 0, got {student_losses}, {teacher_losses}.")
 
 
-def discrepancy_factor(student_losses: Sequence[float], teacher_losses: Sequence[float]) -> list[float]:
+def domain_gap(
+    student_losses: Sequence[float], teacher_losses: Sequence[float], gap: str = "perplexity"
+) -> list[float]:
     r"""
-    DDK's domain discrepancy factor `g[i] = exp(l_S[i] / l_T[i])`.
+    The ratio `l_S[i] / l_T[i]` DDK compares across domains: of the perplexities, `exp(ce_S - ce_T)` (the paper's
+    quantity), or of the cross-entropies, `ce_S / ce_T`.
 
     Args:
         student_losses (`Sequence[float]`): Mean token cross-entropy of the student on each domain.
         teacher_losses (`Sequence[float]`): The same for the teacher (> 0).
+        gap (`str`): `"perplexity"` (default) or `"cross_entropy"`.
+
+    Returns:
+        `list[float]`: One ratio per domain.
+    """
+    _check_losses(student_losses, teacher_losses)
+    if gap not in GAPS:
+        raise ValueError(f"gap={gap!r} is not supported; choose one of {list(GAPS)}.")
+    pairs = zip(student_losses, teacher_losses, strict=True)
+    if gap == "cross_entropy":
+        return [s / t for s, t in pairs]
+    return [math.exp(min(s - t, 700.0)) for s, t in pairs]  # a perplexity ratio beyond e^700 is capped
+
+
+def discrepancy_factor(
+    student_losses: Sequence[float], teacher_losses: Sequence[float], gap: str = "perplexity"
+) -> list[float]:
+    r"""
+    DDK's domain discrepancy factor `g[i] = exp(l_S[i] / l_T[i])`, with `l` the perplexities (default) or the
+    cross-entropies ([`domain_gap`]); `math.inf` where it overflows (the update never forms it).
+
+    Args:
+        student_losses (`Sequence[float]`): Mean token cross-entropy of the student on each domain.
+        teacher_losses (`Sequence[float]`): The same for the teacher (> 0).
+        gap (`str`): `"perplexity"` (default) or `"cross_entropy"`.
 
     Returns:
         `list[float]`: One factor per domain.
     """
-    _check_losses(student_losses, teacher_losses)
-    return [math.exp(s / t) for s, t in zip(student_losses, teacher_losses, strict=True)]
+    return [math.exp(r) if r < 709.0 else math.inf for r in domain_gap(student_losses, teacher_losses, gap)]
 
 
 def _softmax(logits: Sequence[float]) -> list[float]:
@@ -42,14 +78,15 @@ def ddk_update(
     teacher_losses: Sequence[float],
     alpha: float = 0.5,
     smoothing: bool = True,
+    gap: str = "perplexity",
 ) -> list[float]:
     r"""
     One DDK update of the domain mixture.
 
     With smoothing (DDK eq. 4-5): `psi[i] = r[i] g[i] / sum_j r[j] g[j]` and `r'[i] = alpha psi[i] + (1 - alpha) / N`,
-    with `g` the [`discrepancy_factor`]; `alpha = 0` keeps the mixture uniform. Without smoothing:
-    `r' = softmax(l_S / l_T)` (the previous weights and `alpha` play no part). Computed in log space, so large
-    ratios do not overflow.
+    with `g` the [`discrepancy_factor`] of the perplexity ratio (or, with `gap="cross_entropy"`, of the
+    cross-entropy ratio); `alpha = 0` keeps the mixture uniform. Without smoothing: `r' = softmax(l_S / l_T)` (the
+    previous weights and `alpha` play no part). Computed in log space, so ratios in the thousands do not overflow.
 
     Args:
         weights (`Sequence[float]`): The current mixture `r` (sums to 1).
@@ -57,16 +94,16 @@ def ddk_update(
         teacher_losses (`Sequence[float]`): Mean token cross-entropy of the teacher per domain.
         alpha (`float`): Smoothing coefficient in [0, 1].
         smoothing (`bool`): Use the smoothed update (default) or the plain softmax of the ratios.
+        gap (`str`): `"perplexity"` (default, the paper's) or `"cross_entropy"` (see [`domain_gap`]).
 
     Returns:
         `list[float]`: The new mixture, summing to 1.
     """
-    _check_losses(student_losses, teacher_losses)
+    ratios = domain_gap(student_losses, teacher_losses, gap)
     if len(weights) != len(student_losses):
         raise ValueError(f"Got {len(weights)} weights for {len(student_losses)} domains.")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1].")
-    ratios = [s / t for s, t in zip(student_losses, teacher_losses, strict=True)]
     if not smoothing:
         return _softmax(ratios)
     psi = _softmax([math.log(r) + q if r > 0 else -math.inf for r, q in zip(weights, ratios, strict=True)])

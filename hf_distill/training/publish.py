@@ -32,7 +32,7 @@ def student_card(
     """
     losses = describe(active_terms(args), args)
     if args.ddk_update_steps is not None:
-        losses.update(ddk_update_steps=args.ddk_update_steps, ddk_alpha=args.ddk_alpha)
+        losses.update(ddk_update_steps=args.ddk_update_steps, ddk_alpha=args.ddk_alpha, ddk_gap=args.ddk_gap)
     return distillation_model_card(
         model_name=info.get("model_name") or (args.hub_model_id or Path(args.output_dir).name).split("/")[-1],
         student_base=getattr(student, "name_or_path", None),
