@@ -2,16 +2,20 @@
 
     accelerate launch recipes/ddk.py                                             # embedded demo, CPU, offline
     accelerate launch recipes/ddk.py --max_steps 100 --ddk_update_steps 20       # command line overrides
+    accelerate launch recipes/ddk.py --ddk_update_steps none                     # control: static (uniform) mixture
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/ddk.py \\
         --config recipes/configs/qwen2.5-1.5b-to-0.5b-ddk.yaml
 
 Arguments are the fields of `ScriptArguments` below and of `hf_distill.DistillationConfig` (every
 `TrainingArguments` field included), read from a YAML file (`--config`, default `recipes/configs/demo.yaml`) and
 overridden on the command line. The recipe loads teacher and student, loads the corpus (hub name with a domain
-column, a local JSON/Parquet/CSV file, or a directory with one file per domain), holds out `validation_size` texts
-per domain, tokenizes and packs, trains with DDK, prints the per-domain perplexity of the teacher, the student
-before and the student after, plots the DDK domain weights over the steps, saves the student (safetensors and
-tokenizer), `results.json` and its model card (`README.md`) and, with `--push_to_hub`, then pushes it.
+column, a local JSON/Parquet/CSV file, or a directory with one file per domain), removes duplicate texts, holds out
+(by `split_seed`) `validation_size` texts per domain for the table and `ddk_validation_size` others for DDK,
+tokenizes and packs, trains with DDK (or, with `--ddk_update_steps none`, on the static `ddk_initial_weights`
+mixture, with no DDK evaluation), prints the per-domain perplexity of the teacher, the student before and the
+student after, plots the domain weights over the steps, saves the student (safetensors and tokenizer),
+`results.json` and its model card (`README.md`) and, with `--push_to_hub`, then pushes it. Each phase ends with a
+`[phase] ...: T s` line and each DDK update logs one line with its duration.
 
 Reliability: every value is checked before a model is loaded (one-line `error: ...`, exit code 2). With checkpoints
 (`--save_strategy steps --save_steps N`), a run re-started with the same `--output_dir` resumes from the newest
@@ -28,6 +32,9 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +44,14 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from hf_distill import DistillationConfig, DistillationTrainer, EmptyLabelsError, NonFiniteError
-from hf_distill.recipe_tools.cli import RecipeError, load_or_refuse, parse_recipe_args, warn_command_line_token
-from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
+from hf_distill.recipe_tools.cli import (
+    RecipeError,
+    load_or_refuse,
+    parse_recipe_args,
+    show_progress,
+    warn_command_line_token,
+)
+from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.validation import NumberRule, check_numbers
@@ -66,8 +79,17 @@ class ScriptArguments:
     data_files: str | None = field(default=None, metadata={"help": "Only these files of a hub dataset."})
     text_column: str = field(default="text", metadata={"help": "The column holding the text."})
     block_size: int = field(default=512, metadata={"help": "Tokens per packed training block."})
-    validation_size: int = field(
-        default=64, metadata={"help": "Texts held out per domain for DDK and for the perplexity table."}
+    validation_size: int = field(default=64, metadata={"help": "Texts held out per domain for the perplexity table."})
+    ddk_validation_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Texts held out per domain for DDK's validation, disjoint from the table's (default: "
+            "validation_size; unused without DDK)."
+        },
+    )
+    split_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the held-out split (independent of --seed, so runs of other seeds compare)."},
     )
     max_eval_batches: int | None = field(
         default=None, metadata={"help": "Batches per domain for the perplexity table (all held-out blocks if unset)."}
@@ -87,6 +109,8 @@ class ScriptArguments:
 SCRIPT_NUMBER_RULES = {
     "block_size": NumberRule(low=2, hint="tokens per training block"),
     "validation_size": NumberRule(low=1, hint="held-out texts per domain"),
+    "ddk_validation_size": NumberRule(low=1, hint="DDK's held-out texts per domain"),
+    "split_seed": NumberRule(low=0, high=2**32 - 1),
     "max_eval_batches": NumberRule(low=1, hint="unset evaluates every held-out block"),
 }
 
@@ -159,28 +183,10 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         if getattr(script, name) is None:
             raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
         setattr(script, name, _local(getattr(script, name)))
-    if args.ddk_update_steps is None:
-        raise RecipeError("ddk_update_steps is not set: this recipe trains with DDK (e.g. --ddk_update_steps 100).")
     warn_command_line_token(argv)
     _check_block_size(script)
     with args.main_process_first(desc="find a checkpoint to resume from"):
         resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
-
-    try:
-        corpus = load_domain_corpus(
-            script.dataset_name,
-            args.domain_column,
-            script.text_column,
-            script.dataset_config,
-            script.dataset_split,
-            script.data_files,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        raise RecipeError(f"--dataset_name {script.dataset_name}: {error}") from error
-    try:
-        train_texts, held_out = hold_out(corpus, script.validation_size, args.domain_column, args.seed)
-    except ValueError as error:
-        raise RecipeError(f"--validation_size {script.validation_size}: {error}") from error
     tokenizer = load_or_refuse(
         AutoTokenizer.from_pretrained,
         script.student_model,
@@ -188,15 +194,7 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         trust_remote_code=script.trust_remote_code,
     )
     _check_tokenizers(script, tokenizer)
-    with args.main_process_first(desc="tokenize and pack"):
-        try:
-            train = pack_texts(train_texts, tokenizer, script.block_size, script.text_column, args.domain_column)
-            validation = {
-                name: pack_texts(texts, tokenizer, script.block_size, script.text_column, None)
-                for name, texts in held_out.items()
-            }
-        except ValueError as error:
-            raise RecipeError(str(error)) from error
+    data = load_data(script, args, tokenizer)
 
     compute_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     student = _load_causal_lm(script.student_model, "student", script, torch.float32)
@@ -206,20 +204,67 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
             model=student,
             teacher_model=teacher,
             args=args,
-            train_dataset=train,
-            ddk_eval_dataset=validation,
+            train_dataset=data["train"],
+            ddk_eval_dataset=data["ddk_validation"],
             processing_class=tokenizer,
             data_collator=default_data_collator,
         )
     except ValueError as error:
         raise RecipeError(" ".join(str(error).split())) from error
-    return trainer, script, {"validation": validation, "corpus": corpus, "resume": resume}
+    return trainer, script, {**data, "resume": resume}
+
+
+def load_data(script: ScriptArguments, args: DistillationConfig, tokenizer: Any) -> dict[str, Any]:
+    """
+    The corpus without duplicate texts, split by `split_seed` into training texts and, per domain, `validation_size`
+    texts for the table and (with DDK) `ddk_validation_size` other texts for DDK's validation; each set tokenized
+    and packed. No held-out text occurs in training, and the table's texts are not DDK's.
+    """
+    try:
+        corpus = load_domain_corpus(
+            script.dataset_name, args.domain_column, script.text_column, script.dataset_config, script.dataset_split,
+            script.data_files,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise RecipeError(f"--dataset_name {script.dataset_name}: {error}") from error
+    corpus, removed = deduplicate(corpus, script.text_column)
+    if removed:
+        logger.warning(f"--dataset_name {script.dataset_name}: {removed} duplicate texts removed before the split.")
+    ddk_size = 0 if args.ddk_update_steps is None else (script.ddk_validation_size or script.validation_size)
+    try:
+        train_texts, held_out = hold_out(
+            corpus, script.validation_size + ddk_size, args.domain_column, script.split_seed
+        )
+    except ValueError as error:
+        raise RecipeError(
+            f"--validation_size {script.validation_size} (+ ddk_validation_size {ddk_size}): {error}"
+        ) from error
+    table = {d: texts.select(range(script.validation_size)) for d, texts in held_out.items()}
+    ddk = None  # DDK's own held-out texts, after the table's
+    if ddk_size:
+        ddk = {d: texts.select(range(script.validation_size, len(texts))) for d, texts in held_out.items()}
+    with args.main_process_first(desc="tokenize and pack"):
+        try:
+            packed = {
+                "train": pack_texts(train_texts, tokenizer, script.block_size, script.text_column, args.domain_column),
+                "validation": _pack_each(table, tokenizer, script),
+                "ddk_validation": _pack_each(ddk, tokenizer, script) if ddk else None,
+            }
+        except ValueError as error:
+            raise RecipeError(str(error)) from error
+    return {**packed, "corpus": corpus, "texts": {"train": train_texts, "table": table, "ddk": ddk}}
+
+
+def _pack_each(texts: dict[str, Any], tokenizer: Any, script: ScriptArguments) -> dict[str, Any]:
+    return {
+        name: pack_texts(part, tokenizer, script.block_size, script.text_column, None) for name, part in texts.items()
+    }
 
 
 def perplexity_table(results: dict[str, dict[str, float]], weights: dict[str, float]) -> str:
-    """The per-domain table: perplexity of teacher, student before and after, and the final DDK weight."""
+    """The per-domain table: perplexity of teacher, student before and after, and the final domain weight."""
     columns = list(results)
-    lines = [f"{'domain':<14}" + "".join(f"{c:>16}" for c in columns) + f"{'DDK weight':>12}"]
+    lines = [f"{'domain':<14}" + "".join(f"{c:>16}" for c in columns) + f"{'weight':>12}"]
     for domain in weights:
         cells = "".join(f"{math.exp(results[c][domain]):>16.3f}" for c in columns)
         lines.append(f"{domain:<14}{cells}{weights[domain]:>12.3f}")
@@ -227,11 +272,21 @@ def perplexity_table(results: dict[str, dict[str, float]], weights: dict[str, fl
 
 
 def weight_history(trainer: DistillationTrainer) -> tuple[list[int], dict[str, list[float]]]:
-    """DDK's domain weights at step 0 and after every update."""
+    """The domain weights at step 0 and after every DDK update (the initial ones only for a static mixture)."""
     names = trainer.domain_sampler.domain_names
-    steps = [0] + [update["step"] for update in trainer.ddk_callback.updates]
-    rows = [trainer.domain_sampler.history[0][1]] + [update["weights"] for update in trainer.ddk_callback.updates]
+    updates = trainer.ddk_callback.updates if trainer.ddk_callback is not None else []
+    steps = [0] + [update["step"] for update in updates]
+    rows = [trainer.domain_sampler.history[0][1]] + [update["weights"] for update in updates]
     return steps, {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+@contextmanager
+def phase(trainer: DistillationTrainer, what: str) -> Iterator[None]:
+    """Print `[phase] what: N s` when a phase of the recipe ends (main process)."""
+    start = time.perf_counter()
+    yield
+    if trainer.is_world_process_zero():
+        print(f"[phase] {what} (step {trainer.state.global_step}): {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def plot_weights(steps: list[int], weights: dict[str, list[float]], path: str) -> None:
@@ -263,6 +318,7 @@ def write_results(output_dir: str, summary: dict[str, Any], table: str, plot: bo
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    show_progress()
     try:
         trainer, script, data = build(argv)
     except RecipeError as error:
@@ -271,22 +327,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     evaluator, names = trainer.domain_evaluator, list(validation)
     batches = evaluator.collate(validation, script.max_eval_batches)
+    size = f"{len(names)} domains x {len(batches[0])} batches"
 
     def domain_losses(model: torch.nn.Module) -> dict[str, float]:  # the held-out batches are collated once
         return dict(zip(names, evaluator.batch_losses(model, batches, names), strict=True))
 
-    results = {"teacher": domain_losses(trainer.teacher)}
+    with phase(trainer, f"table: teacher on {size}"):
+        results = {"teacher": domain_losses(trainer.teacher)}
+    if not all(math.isfinite(v) for v in results["teacher"].values()):
+        fail(f"the teacher's held-out loss is not finite ({results['teacher']}): check teacher_model's weights.", 1)
     if is_deepspeed_zero3_enabled():  # the student is partitioned at load and only usable inside its engine
         logger.warning("student-before is not measured under DeepSpeed ZeRO-3 (the student is not wrapped yet).")
     else:
-        results["student-before"] = domain_losses(trainer.model)
-    if not all(math.isfinite(v) for v in results["teacher"].values()):
-        fail(f"the teacher's held-out loss is not finite ({results['teacher']}): check teacher_model's weights.", 1)
+        with phase(trainer, f"table: student before training on {size}"):
+            results["student-before"] = domain_losses(trainer.model)
+    mixture = "static mixture" if args.ddk_update_steps is None else f"DDK every {args.ddk_update_steps} steps"
     try:
-        trainer.train(resume_from_checkpoint=data["resume"])
+        with phase(trainer, f"training, {mixture}"):
+            trainer.train(resume_from_checkpoint=data["resume"])
     except (NonFiniteError, EmptyLabelsError) as error:
         fail(f"training stopped: {error}", 1)
-    results["student-after"] = domain_losses(trainer.model)
+    with phase(trainer, f"table: student after training on {size}"):
+        results["student-after"] = domain_losses(trainer.model)
     steps, history = weight_history(trainer)
     final = {name: values[-1] for name, values in history.items()}
     summary = {"loss": results, "perplexity": {k: {d: math.exp(v) for d, v in r.items()} for k, r in results.items()}}

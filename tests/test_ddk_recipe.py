@@ -149,3 +149,74 @@ def test_yaml_key_that_is_not_a_field_is_one_line(capsys, tmp_path):
 def test_invalid_distillation_value_is_one_line(capsys, tmp_path):
     line = _bad(capsys, tmp_path, "--ddk_alpha", "1.5")
     assert "ddk_alpha" in line and "1.5" in line
+
+
+# ---- phases, teacher passes, the split, the static control -------------------------------------------------------
+
+FAST = ["--max_steps", "8", "--ddk_update_steps", "4", "--ddk_eval_batches", "2", "--per_device_train_batch_size",
+        "8", "--per_device_eval_batch_size", "4", "--validation_size", "16", "--max_eval_batches", "2", "--plot",
+        "false", "--disable_tqdm", "true"]  # fmt: skip
+
+
+def _counted_run(monkeypatch, argv):
+    """Run the recipe in-process; return its trainer and the batches each `batch_losses` call evaluated."""
+    from hf_distill.ddk.evaluator import DomainEvaluator
+
+    captured, calls = {}, []
+    build, batch_losses = ddk.build, DomainEvaluator.batch_losses
+
+    def capture(argv=None):
+        captured["trainer"], script, captured["data"] = build(argv)
+        return captured["trainer"], script, captured["data"]
+
+    def count(self, model, batches, names):
+        calls.append((model, sum(len(b) for b in batches)))
+        return batch_losses(self, model, batches, names)
+
+    monkeypatch.setattr(ddk, "build", capture)
+    monkeypatch.setattr(DomainEvaluator, "batch_losses", count)
+    ddk.main(argv)
+    return captured["trainer"], captured["data"], calls
+
+
+def test_each_phase_prints_a_line_and_the_teacher_evaluates_each_held_out_batch_once(monkeypatch, capsys, tmp_path):
+    trainer, data, calls = _counted_run(monkeypatch, ["--output_dir", str(tmp_path / "ddk"), *FAST])
+    out, err = capsys.readouterr()
+    for phase in ("table: teacher on 4 domains", "table: student before", "training, DDK every 4 steps",
+                  "table: student after"):  # fmt: skip
+        assert sum(phase in line for line in out.splitlines() if line.startswith("[phase] ")) == 1, phase
+    assert [line.split(" (")[0] for line in err.splitlines() if line.startswith("DDK update at step")] == [
+        "DDK update at step 4", "DDK update at step 8"
+    ]  # fmt: skip
+    table = trainer.domain_evaluator.collate(data["validation"], 2)
+    own = trainer.domain_evaluator.collate(data["ddk_validation"], 2)
+    teacher_calls = [n for model, n in calls if model is trainer.teacher]
+    assert teacher_calls == [sum(map(len, table)), sum(map(len, own))]  # the table's once, DDK's once
+    assert all("step" in h for h in trainer.state.log_history)
+
+
+def test_held_out_texts_depend_on_split_seed_only_never_occur_in_training_and_table_and_ddk_are_disjoint():
+    argv = ["--validation_size", "16", "--ddk_validation_size", "12", "--block_size", "32"]
+    texts = {seed: ddk.build([*argv, "--seed", seed])[2]["texts"] for seed in ("1", "2")}
+    other = ddk.build([*argv, "--split_seed", "5"])[2]["texts"]
+    for part in ("table", "ddk"):
+        assert {d: t["text"] for d, t in texts["1"][part].items()} == {
+            d: t["text"] for d, t in texts["2"][part].items()
+        }
+    assert {d: t["text"] for d, t in texts["1"]["table"].items()} != {d: t["text"] for d, t in other["table"].items()}
+    train = set(texts["1"]["train"]["text"])
+    for domain in texts["1"]["table"]:
+        table, own = set(texts["1"]["table"][domain]["text"]), set(texts["1"]["ddk"][domain]["text"])
+        assert len(table) == 16 and len(own) == 12 and not table & own and not (table | own) & train
+    assert len(train) == len(texts["1"]["train"])  # no text twice
+
+
+def test_a_static_mixture_runs_through_the_recipe_without_any_ddk_evaluation(monkeypatch, tmp_path):
+    argv = ["--output_dir", str(tmp_path / "static"), *FAST, "--ddk_update_steps", "none", "--ddk_initial_weights",
+            "arithmetic=0.4,code=0.2,dna=0.2,prose=0.2"]  # fmt: skip
+    trainer, data, calls = _counted_run(monkeypatch, argv)
+    assert trainer.ddk_callback is None and data["ddk_validation"] is None
+    assert [model is trainer.teacher for model, _ in calls] == [True, False, False]  # the table only
+    results = json.loads((tmp_path / "static" / "results.json").read_text())
+    assert results["ddk_steps"] == [0] and results["ddk_weights"]["arithmetic"] == [0.4]
+    assert not [h for h in trainer.state.log_history if any(k.startswith("ddk/") for k in h)]

@@ -192,8 +192,9 @@ def test_training_from_a_top_k_cache_runs_and_its_loss_is_below_the_full_one(tmp
                 total += float(logit_distillation_loss(student(input_ids=ids).logits, teacher(input_ids=ids).logits))
         return total
 
+    # logit KD alone (no CE pulling toward the labels; with the demo assets of 0.3, CE/2 + KD ends at 0.89)
     _, trained = _train(tmp_path, "cached-longer", data, tokenizer, teacher_cache=str(tmp_path / "cache"),
-                        max_steps=16)  # fmt: skip
+                        max_steps=16, alpha_ce=0.0)  # fmt: skip
     assert full_kl(trained) < 0.8 * full_kl(None)  # the top-8 cache moves the student toward the whole teacher
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,10 +11,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
 
 from .domains import TrainingDomains
 from .evaluator import Batches, DomainEvaluator
 from .update import ddk_update, domain_gap
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -50,7 +54,8 @@ class DDKCallback(TrainerCallback, ExportableState):
     losses are computed once and kept. The new weights apply from the next draw that no process has made yet,
     rounded up to a whole global micro-batch, so every process records the same change. At each update it logs
     `ddk/l_S/<domain>` and `ddk/l_T/<domain>` (the cross-entropies), `ddk/ppl_S/<domain>` and `ddk/ppl_T/<domain>`
-    (the perplexities), `ddk/ratio/<domain>` (the ratio the update used) and `ddk/weight/<domain>`.
+    (the perplexities), `ddk/ratio/<domain>` (the ratio the update used), `ddk/weight/<domain>` and `ddk/seconds`
+    (the update's duration), and one info line (`hf_distill.ddk.callback` logger).
 
     Its state (`teacher_losses`, `updates`, and `sampler`: the sampler's weights history) is saved in each
     checkpoint's `trainer_state.json` and restored on resume through transformers' `ExportableState` path
@@ -103,7 +108,9 @@ class DDKCallback(TrainerCallback, ExportableState):
         return control
 
     def update(self, args: Any, step: int, model: torch.nn.Module) -> list[float]:
-        """Measure the per-domain losses, compute the new weights and hand them to the sampler."""
+        """Measure the per-domain losses, compute the new weights and hand them to the sampler; log them, with the
+        update's duration (`ddk/seconds`), and one info line."""
+        start = time.perf_counter()
         parts = self.parts
         if self.teacher_losses is None:
             self.teacher_losses = self.domain_losses(parts.teacher)
@@ -125,7 +132,10 @@ class DDKCallback(TrainerCallback, ExportableState):
             logs[f"ddk/ppl_T/{name}"] = math.exp(min(self.teacher_losses[i], 700.0))
             logs[f"ddk/ratio/{name}"] = ratios[i]
             logs[f"ddk/weight/{name}"] = weights[i]
+        logs["ddk/seconds"] = time.perf_counter() - start
         parts.log(logs)
+        mixture = ", ".join(f"{name} {w:.3f}" for name, w in zip(sampler.domain_names, weights, strict=True))
+        logger.info(f"DDK update at step {step} ({logs['ddk/seconds']:.1f} s): {mixture}")
         return weights
 
     def _shared_position(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging as std_logging
 import os
 import sys
 import typing
@@ -12,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from transformers import HfArgumentParser
-from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging
 
 from ..files import checked_load, read_text_file
@@ -22,6 +22,31 @@ logger = logging.get_logger(__name__)
 
 class RecipeError(ValueError):
     """A problem with a recipe's input, found before training; the recipes print it as one line and exit."""
+
+
+def show_progress() -> None:
+    """Print hf_distill's info lines (e.g. each DDK update with its duration) on stderr, on the main process of each
+    machine only; idempotent."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    package = std_logging.getLogger("hf_distill")
+    if not any(isinstance(handler, _StderrHandler) for handler in package.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(std_logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+    package.setLevel(std_logging.INFO)
+
+
+class _StderrHandler(std_logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (it may be replaced after the handler is made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def load_or_refuse(load: Any, name: str, field: str, **kwargs: Any) -> Any:
@@ -48,12 +73,23 @@ class RecipeArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_types: Sequence[type], **kwargs: Any):
         super().__init__(dataclass_types, **kwargs)
+        self.field_types = types = _field_types(dataclass_types)
         for action in self._actions:
             if action.help and not _formats(action.help):
                 action.help = action.help.replace("%", "%%")
+            if action.type in (int, float) and type(None) in types.get(action.dest, ()):
+                action.type = _or_none(action.type)  # `--ddk_update_steps none` unsets an optional number
 
     def error(self, message: str) -> NoReturn:
         raise RecipeError(f"{' '.join(message.split())} (see --help).")
+
+
+def _or_none(convert: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its errors ("invalid int value")
+    return parse
 
 
 def _formats(text: str) -> bool:
@@ -93,9 +129,9 @@ def _coerce(action: argparse.Action, value: Any, types: tuple[Any, ...], where: 
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     converted = []
     for item in items:
-        if isinstance(item, (list, tuple, dict)) or (isinstance(item, float) and action.type is int):
+        if isinstance(item, (list, tuple, dict)) or (isinstance(item, float) and _type_name(action) == "an integer"):
             raise RecipeError(f"{field} is not {_type_name(action)}.")
-        if isinstance(item, bool) and action.type in (int, float):
+        if isinstance(item, bool) and _type_name(action) in ("an integer", "a number"):
             raise RecipeError(f"{field} is a boolean, but the field takes {_type_name(action)}.")
         try:
             item = action.type(str(item) if not isinstance(item, bool) else str(item).lower())
@@ -108,8 +144,13 @@ def _coerce(action: argparse.Action, value: Any, types: tuple[Any, ...], where: 
 
 
 def _type_name(action: argparse.Action) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", string_to_bool: "a boolean (true or false)"}
-    return names.get(action.type, "a valid value")
+    names = {
+        "int": "an integer",
+        "float": "a number",
+        "str": "a string",
+        "string_to_bool": "a boolean (true or false)",
+    }
+    return names.get(getattr(action.type, "__name__", ""), "a valid value")
 
 
 def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -183,7 +224,7 @@ def parse_recipe_args(
     path, args = _pop_config(list(sys.argv[1:] if argv is None else argv))
     path = path or default_config
     if path is not None:
-        config, types = read_yaml_config(path), _field_types(dataclass_types)
+        config, types = read_yaml_config(path), parser.field_types
         unknown = [key for key in config if key not in actions or key == "help"]
         if unknown:
             fields = " or ".join(t.__name__ for t in dataclass_types)

@@ -3,6 +3,7 @@ and tokenize-and-pack into fixed-length causal LM blocks."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -103,6 +104,35 @@ def _check_column(dataset: Dataset, column: str, field_name: str, source: str) -
             f"{field_name}={column!r} is not a column of {source!r} (columns: {', '.join(dataset.column_names)}): "
             f"set {field_name} to one of them."
         )
+
+
+def deduplicate(dataset: Dataset, text_column: str = "text", num_proc: int | None = None) -> tuple[Dataset, int]:
+    """
+    Keep the first occurrence of each text (exact match, compared by SHA-1), so a held-out text cannot also be a
+    training text.
+
+    Args:
+        dataset (`Dataset`): The corpus.
+        text_column (`str`): The text column.
+        num_proc (`int`, *optional*): Processes for hashing (`Dataset.map`).
+
+    Returns:
+        `tuple[Dataset, int]`: the corpus without duplicates, and how many texts were removed.
+    """
+
+    def digests(batch: dict[str, list[Any]]) -> dict[str, list[str]]:
+        return {"_sha1": [hashlib.sha1(text.encode("utf-8")).hexdigest() for text in batch[text_column]]}
+
+    hashes = dataset.map(digests, batched=True, num_proc=num_proc, remove_columns=dataset.column_names)["_sha1"]
+    seen: set[str] = set()
+    keep = []
+    for i, digest in enumerate(hashes):
+        if digest not in seen:
+            seen.add(digest)
+            keep.append(i)
+    if len(keep) == len(dataset):
+        return dataset, 0
+    return dataset.select(keep), len(dataset) - len(keep)
 
 
 def hold_out(

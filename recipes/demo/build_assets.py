@@ -1,6 +1,7 @@
 """Build the embedded demo assets of `recipes/ddk.py` (already in the repo; run again only to change them).
 
-    python recipes/demo/build_assets.py            # ~10 min on 2 CPU cores
+    python recipes/demo/build_assets.py                 # ~10 min on 2 CPU cores
+    python recipes/demo/build_assets.py --corpus_only   # the corpus files alone, in seconds
 
 Writes, next to this file:
 - `corpus/<domain>.jsonl`: the demo corpus, `--texts` texts per domain (`corpus.py`, seed 0);
@@ -8,7 +9,8 @@ Writes, next to this file:
   four domains (texts of another seed);
 - `student/`: the same tokenizer and a 2-layer Llama (width 64) pretrained on `prose` and `code` only, so it is
   weak on `arithmetic` and `dna`: the domains DDK should favour.
-Weights are saved as safetensors; everything together stays well under 20 MB.
+Weights are saved as safetensors; everything together stays well under 20 MB. Every text of the shipped corpus is
+distinct (a `code` text is two or three functions: one function has only 384 forms).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--vocab_size", type=int, default=384)
     parser.add_argument("--output_dir", default=HERE)
+    parser.add_argument("--corpus_only", action="store_true", help="write the corpus files only (no models)")
     options = parser.parse_args()
 
     corpus_dir = os.path.join(options.output_dir, "corpus")
@@ -97,6 +100,8 @@ def main() -> None:
         with open(os.path.join(corpus_dir, f"{domain}.jsonl"), "w") as f:
             for text in generate(domain, options.texts, seed=0):
                 f.write(json.dumps({"text": text}) + "\n")
+    if options.corpus_only:
+        return
 
     pretraining = {domain: generate(domain, options.texts, seed=1) for domain in DOMAINS}
     tokenizer = train_tokenizer([t for texts in pretraining.values() for t in texts], options.vocab_size)

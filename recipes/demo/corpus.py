@@ -1,7 +1,7 @@
 """The embedded demo corpus: four domains of clearly different character, generated from a seed.
 
 - `prose`: short English sentences (subject, verb, object, place),
-- `code`: small Python functions,
+- `code`: two or three small Python functions,
 - `arithmetic`: lines of sums and products with their results,
 - `dna`: nucleotide sequences made of a few recurring motifs.
 
@@ -36,6 +36,11 @@ def prose(rng: random.Random) -> str:
 
 
 def code(rng: random.Random) -> str:
+    """Two or three functions: a single function has only 384 forms, too few for 1,200 distinct texts."""
+    return "\n".join(_function(rng) for _ in range(rng.randint(2, 3)))
+
+
+def _function(rng: random.Random) -> str:
     name, other = rng.sample(_NAMES, 2)
     symbol, verb = rng.choice(_OPS)
     k = rng.randint(1, 9)
