@@ -70,7 +70,7 @@ class DomainEvaluator:
                 )
         return batches
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def token_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed token cross-entropy of `model` on one batch (on this process's device), and its label tokens."""
         inputs = dict(batch)
@@ -87,7 +87,7 @@ class DomainEvaluator:
         logits = logits[..., : self.vocab_size]
         return cross_entropy_loss(logits, labels, self.chunk_size), labels.ne(-100).sum()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def batch_losses(self, model: torch.nn.Module, batches: Batches, names: list[str]) -> list[float]:
         """Mean token cross-entropy of `model` on each domain's batches ([`collate`]), over all processes."""
         device = self.accelerator.device
