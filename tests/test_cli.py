@@ -72,6 +72,7 @@ def test_missing_config_file_is_an_error(tmp_path):
         ("demo.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("qwen2.5-1.5b-to-0.5b-ddk.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("ddk-paper-qwen1.5.yaml", (ddk.ScriptArguments, DistillationConfig)),
+        ("smollm2-ddk.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("bert-dsg-kd.yaml", (dsg_kd.DSGKDArguments, DistillationConfig)),
     ],
 )

@@ -220,3 +220,24 @@ def test_a_static_mixture_runs_through_the_recipe_without_any_ddk_evaluation(mon
     results = json.loads((tmp_path / "static" / "results.json").read_text())
     assert results["ddk_steps"] == [0] and results["ddk_weights"]["arithmetic"] == [0.4]
     assert not [h for h in trainer.state.log_history if any(k.startswith("ddk/") for k in h)]
+
+
+@pytest.mark.slow
+def test_the_ablation_runs_each_condition_per_seed_and_summarises_the_perplexity_ratios(tmp_path, capsys):
+    import ddk_ablation
+
+    short = ["--max_steps", "4", "--ddk_update_steps", "2", "--ddk_eval_batches", "1", "--validation_size", "8",
+             "--block_size", "64", "--per_device_train_batch_size", "4"]  # fmt: skip
+    summary = ddk_ablation.main(["--seeds", "0", "1", "--output_dir", str(tmp_path), "--", *short])
+    assert set(summary) == {"DDK", "w/o FS", "equal sampling"}
+    for condition, name in (("DDK", "DDK"), ("w/o FS", "wo_FS"), ("equal sampling", "equal_sampling")):
+        for seed in (0, 1):
+            results = json.loads((tmp_path / f"{name}-seed{seed}" / "results.json").read_text())
+            ratio = {d: math.exp(results["loss"]["student-after"][d] - results["loss"]["teacher"][d])
+                     for d in results["loss"]["teacher"]}  # fmt: skip
+            assert summary[condition]["worst"][seed] == pytest.approx(max(ratio.values()))
+            assert summary[condition]["mean"][seed] == pytest.approx(sum(ratio.values()) / len(ratio))
+            weights = results["ddk_weights"]
+            assert (results["ddk_steps"] == [0]) == (condition == "equal sampling")
+            assert all(len(set(w)) == 1 for w in weights.values()) == (condition == "equal sampling")
+    assert "equal sampling" in capsys.readouterr().out
