@@ -209,9 +209,20 @@ def test_evaluate_logs_each_term_with_eval_prefix(config_factory):
     )
     metrics = trainer.evaluate()
     assert {"eval_loss", "eval_loss_ce", "eval_loss_kd", "eval_loss_hidden", "eval_loss_attn"} <= set(metrics)
+    assert metrics["step"] == 0 and trainer.state.log_history[-1] == metrics  # every record carries its step
     weighted = (
         metrics["eval_loss_ce"] + metrics["eval_loss_kd"] + metrics["eval_loss_hidden"] + metrics["eval_loss_attn"]
     )
     # eval_loss and the terms are means over the two eval batches of 4 rows; all weights are 1
     assert metrics["eval_loss"] == pytest.approx(weighted, rel=1e-5)
     assert trainer._metrics["eval"] == {}
+
+
+def test_evaluate_after_training_returns_the_epoch_and_step_the_trainer_logged(config_factory):
+    args = config_factory(gamma=1.0, max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=4)
+    trainer = DistillationTrainer(model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(seed=2), args=args,
+                                  train_dataset=lm_dataset(n=8), eval_dataset=lm_dataset(n=8),
+                                  data_collator=PadCollator())  # fmt: skip
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["step"] == 2 and metrics["epoch"] == trainer.state.epoch and "eval_loss_kd" in metrics

@@ -284,13 +284,12 @@ class DistillationTrainer(Trainer):
         """Add the mean of each loss term since the last log (averaged over processes) to the Trainer's logs; every
         record the callbacks receive (and the console prints) carries the optimizer `step`."""
         mode = "train" if self.model.training else "eval"
+        logs["step"] = self.state.global_step  # in place, as the Trainer adds `epoch`: evaluate() returns `logs`
         if mode == "train" and "loss" not in logs:  # not a training log step (e.g. DDK's update log)
-            return super().log({**logs, "step": self.state.global_step}, start_time)
+            return super().log(logs, start_time)
         means = self.loss_terms.pop_means(mode, self.accelerator)
-        logs.update(
-            {k if mode == "train" else f"eval_{k}": v for k, v in means.items()}
-        )  # in place: evaluate() returns it
-        super().log({**logs, "step": self.state.global_step}, start_time)
+        logs.update({k if mode == "train" else f"eval_{k}": v for k, v in means.items()})
+        super().log(logs, start_time)
 
     # ---- Trainer hooks: data -----------------------------------------------------------------------------------
 
