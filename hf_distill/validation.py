@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NumberRule", "TRAINING_NUMBER_RULES", "check_numbers"]
+__all__ = ["SEED", "NumberRule", "TRAINING_NUMBER_RULES", "check_numbers", "field_types"]
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,27 @@ TRAINING_NUMBER_RULES: dict[str, NumberRule] = {
 
 
 @functools.cache
+def field_types(cls: type) -> dict[str, tuple[Any, ...]]:
+    """`name -> the members of its annotation` for every field of a dataclass (a union's members; a generic such
+    as `list[str]` by its origin, `list`)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        field.name: tuple(
+            typing.get_origin(t) or t for t in (typing.get_args(hints[field.name]) or (hints[field.name],))
+        )
+        for field in dataclasses.fields(cls)
+    }
+
+
+@functools.cache
 def _numeric_fields(cls: type) -> dict[str, tuple[type, bool]]:
     """`name -> (int or float, accepts None)` for the numeric fields of a dataclass."""
-    hints = typing.get_type_hints(cls)
     fields = {}
     for field in dataclasses.fields(cls):
-        hint = hints.get(field.name)
-        args = set(typing.get_args(hint)) or {hint}
-        numeric = [t for t in (int, float) if t in args]
+        types = field_types(cls)[field.name]
+        numeric = [t for t in (int, float) if t in types]
         if numeric and field.init:
-            fields[field.name] = (float if float in numeric else int, type(None) in args)
+            fields[field.name] = (float if float in numeric else int, type(None) in types)
     return fields
 
 

@@ -54,7 +54,7 @@ from hf_distill.recipe_tools.cli import (
 from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
-from hf_distill.validation import NumberRule, check_numbers
+from hf_distill.validation import SEED, NumberRule, check_numbers
 
 logger = logging.get_logger("recipes.ddk")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +110,7 @@ SCRIPT_NUMBER_RULES = {
     "block_size": NumberRule(low=2, hint="tokens per training block"),
     "validation_size": NumberRule(low=1, hint="held-out texts per domain"),
     "ddk_validation_size": NumberRule(low=1, hint="DDK's held-out texts per domain"),
-    "split_seed": NumberRule(low=0, high=2**32 - 1),
+    "split_seed": SEED,
     "max_eval_batches": NumberRule(low=1, hint="unset evaluates every held-out block"),
 }
 

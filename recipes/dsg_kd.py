@@ -38,16 +38,16 @@ from hf_distill import (
     EmptyLabelsError,
     NonFiniteError,
 )
-from hf_distill.files import check_text_file, one_line, read_text_file
+from hf_distill.files import read_text_file
 from hf_distill.metrics import classification_metrics
 from hf_distill.recipe_tools.cli import RecipeError, load_or_refuse, parse_recipe_args, warn_command_line_token
+from hf_distill.recipe_tools.corpus import FILE_BUILDERS, load_data_files
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.validation import NumberRule, check_numbers
 
 # DSG-KD's defaults; a --config YAML and the command line override them
 DEFAULTS = {"gamma": 0.0, "word_hidden_weight": 1.0, "word_attention_weight": 1.0, "report_to": "none"}
-_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass
@@ -69,15 +69,11 @@ class DSGKDArguments:
         check_numbers(self, {"max_length": NumberRule(low=2, hint="tokens per example")})
 
 
-def _load_files(builder: str, files: dict[str, str]) -> DatasetDict:
-    """Local split files; an empty, non-UTF-8 or malformed one is a [`RecipeError`] naming it."""
+def _load_files(files: dict[str, str]) -> DatasetDict:
     try:
-        for file in files.values():
-            if builder != "parquet":
-                check_text_file(file)
-        return load_dataset(builder, data_files=files)
-    except Exception as error:  # noqa: BLE001 - datasets raises many types (and StopIteration)
-        raise RecipeError(f"--dataset: {one_line(error)}") from error
+        return load_data_files(files)
+    except ValueError as error:
+        raise RecipeError(f"--dataset: {error}") from error
 
 
 def load_splits(path: str, seed: int) -> tuple:
@@ -86,16 +82,16 @@ def load_splits(path: str, seed: int) -> tuple:
         files = {}
         for name in sorted(os.listdir(path)):
             stem, ext = os.path.splitext(name)
-            if ext in _FORMATS and stem in ("train", "validation", "test"):
+            if ext in FILE_BUILDERS and stem in ("train", "validation", "test"):
                 files[stem] = os.path.join(path, name)
         if "train" not in files:
             raise RecipeError(f"--dataset {path!r} has no train.json/.jsonl/.csv/.parquet file")
-        data = _load_files(_FORMATS[os.path.splitext(files["train"])[1]], files)
+        data = _load_files({"train": files.pop("train"), **files})  # the train file's type reads every split
     elif os.path.isfile(path):
         ext = os.path.splitext(path)[1]
-        if ext not in _FORMATS:
-            raise RecipeError(f"--dataset {path!r}: use a {sorted(_FORMATS)} file")
-        data = _load_files(_FORMATS[ext], {"train": path})
+        if ext not in FILE_BUILDERS:
+            raise RecipeError(f"--dataset {path!r}: use a {sorted(FILE_BUILDERS)} file")
+        data = _load_files({"train": path})
     elif os.path.sep in path or path.startswith("."):
         raise RecipeError(f"--dataset {path!r} does not exist")
     else:
@@ -168,14 +164,10 @@ def run(name: str, run_args: DistillationConfig, script: DSGKDArguments, parts: 
 def main(argv: list[str]) -> None:
     try:
         script, args, parts = prepare(argv)
-        runs = {
-            "fine-tuning": dataclasses.replace(
-                args, word_hidden_weight=0.0, word_attention_weight=0.0, alpha_ce=1.0, push_to_hub=False
-            ),
-            "dsg-kd": args,
-        }
-        runs = {
-            name: dataclasses.replace(a, output_dir=os.path.join(args.output_dir, name)) for name, a in runs.items()
+        plain = {"word_hidden_weight": 0.0, "word_attention_weight": 0.0, "alpha_ce": 1.0, "push_to_hub": False}
+        runs = {  # each run keeps its checkpoints in output_dir/<name, lower case>
+            name: dataclasses.replace(args, output_dir=os.path.join(args.output_dir, name.lower()), **changes)
+            for name, changes in (("fine-tuning", plain), ("DSG-KD", {}))
         }
     except RecipeError as error:
         fail(" ".join(str(error).split()), 2)
@@ -188,7 +180,7 @@ def main(argv: list[str]) -> None:
         except (NonFiniteError, EmptyLabelsError) as error:
             fail(f"training stopped ({name}): {error}", 1)
         metrics = trainer.evaluate()
-        results["DSG-KD" if name == "dsg-kd" else name] = {k: metrics[f"eval_{k}"] for k in ("auroc", "auprc", "f1")}
+        results[name] = {k: metrics[f"eval_{k}"] for k in ("auroc", "auprc", "f1")}
     trainer.args.output_dir = args.output_dir  # the DSG-KD student is saved at the top of --output_dir
 
     def write_local() -> None:

@@ -28,6 +28,12 @@ from transformers import (
 
 from hf_distill import DistillationConfig
 
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "recipes" / "demo"
+RECIPE = ROOT / "recipes" / "ddk.py"
+# the environment of a recipe run in a subprocess: offline, CPU, one thread
+RECIPE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+              "OMP_NUM_THREADS": "1"}  # fmt: skip
 VOCAB = 96
 
 

@@ -3,30 +3,19 @@ one-line errors for bad input before training."""
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO, RECIPE, ROOT
+from conftest import RECIPE_ENV as ENV
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill import PROJECTOR_NAME
 from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "ddk.py"
-DEMO = ROOT / "recipes" / "demo"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "CUDA_VISIBLE_DEVICES": "",
-    "OMP_NUM_THREADS": "1",
-}
 
 sys.path.insert(0, str(ROOT / "recipes"))
 import ddk  # noqa: E402

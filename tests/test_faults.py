@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PadCollator, lm_dataset, make_config, tiny_llama
+from conftest import DEMO, RECIPE, ROOT, PadCollator, lm_dataset, make_config, tiny_llama
+from conftest import RECIPE_ENV as ENV
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -33,16 +34,6 @@ from hf_distill import (
 from hf_distill.teacher_cache import seal_teacher_cache
 from hf_distill.teacher_cache_check import file_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo"
-RECIPE = ROOT / "recipes" / "ddk.py"
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "CUDA_VISIBLE_DEVICES": "",
-    "OMP_NUM_THREADS": "1",
-}
 # a short DDK run of the demo with checkpoints: 24 steps, DDK every 8, a checkpoint every 6
 SHORT = ["--max_steps", "24", "--ddk_update_steps", "8", "--ddk_eval_batches", "2", "--validation_size", "16",
          "--max_eval_batches", "2", "--block_size", "64", "--per_device_train_batch_size", "8", "--logging_steps", "2",

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging as std_logging
 import os
 import sys
-import typing
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -16,6 +14,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..files import checked_load, read_text_file
+from ..validation import field_types
 
 logger = logging.get_logger(__name__)
 
@@ -102,14 +101,8 @@ def _formats(text: str) -> bool:
 
 
 def _field_types(dataclass_types: Sequence[type]) -> dict[str, tuple[Any, ...]]:
-    """`name -> the types of its annotation` (the members of a union) for every field."""
-    types = {}
-    for cls in dataclass_types:
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            hint = hints[field.name]
-            types[field.name] = tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) or (hint,)))
-    return types
+    """The annotation members of every field of the dataclasses ([`field_types`])."""
+    return {name: types for cls in dataclass_types for name, types in field_types(cls).items()}
 
 
 def _coerce(action: argparse.Action, value: Any, types: tuple[Any, ...], where: str) -> Any:
@@ -129,9 +122,9 @@ def _coerce(action: argparse.Action, value: Any, types: tuple[Any, ...], where: 
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     converted = []
     for item in items:
-        if isinstance(item, (list, tuple, dict)) or (isinstance(item, float) and _type_name(action) == "an integer"):
+        if isinstance(item, (list, tuple, dict)) or (isinstance(item, float) and _kind(action) == "int"):
             raise RecipeError(f"{field} is not {_type_name(action)}.")
-        if isinstance(item, bool) and _type_name(action) in ("an integer", "a number"):
+        if isinstance(item, bool) and _kind(action) in ("int", "float"):
             raise RecipeError(f"{field} is a boolean, but the field takes {_type_name(action)}.")
         try:
             item = action.type(str(item) if not isinstance(item, bool) else str(item).lower())
@@ -143,6 +136,11 @@ def _coerce(action: argparse.Action, value: Any, types: tuple[Any, ...], where: 
     return converted if many else converted[0]
 
 
+def _kind(action: argparse.Action) -> str:
+    """The name of the action's converter (`int`, `float`, `str`, `string_to_bool`; kept by [`_or_none`])."""
+    return getattr(action.type, "__name__", "")
+
+
 def _type_name(action: argparse.Action) -> str:
     names = {
         "int": "an integer",
@@ -150,7 +148,7 @@ def _type_name(action: argparse.Action) -> str:
         "str": "a string",
         "string_to_bool": "a boolean (true or false)",
     }
-    return names.get(getattr(action.type, "__name__", ""), "a valid value")
+    return names.get(_kind(action), "a valid value")
 
 
 def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from datasets import Dataset, Value, concatenate_datasets, load_dataset
+from datasets import Dataset, DatasetDict, Value, concatenate_datasets, load_dataset
 
 from ..ddk.data import split_by_domain
 from ..files import check_text_file, one_line
@@ -19,15 +20,27 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or os.path.splitext(source)[1] in FILE_BUILDERS or source.count("/") > 1
 
 
-def _load_file(path: str) -> Dataset:
-    """One local data file; an unreadable, empty, non-UTF-8 or malformed file is a `ValueError` naming it."""
-    builder = FILE_BUILDERS[os.path.splitext(path)[1]]
+def load_data_files(data_files: Mapping[str, str]) -> DatasetDict:
+    """
+    Local data files, one per split (`{"train": path, ...}`), read with the builder of the first file's type.
+
+    Raises:
+        `ValueError`: naming the file(s), for an unreadable, empty, non-UTF-8 or malformed file.
+    """
+    builder = FILE_BUILDERS[os.path.splitext(next(iter(data_files.values())))[1]]
     if builder != "parquet":
-        check_text_file(path)
+        for path in data_files.values():
+            check_text_file(path)
     try:
-        dataset = load_dataset(builder, data_files=path, split="train")
+        return load_dataset(builder, data_files=dict(data_files))
     except Exception as error:  # noqa: BLE001 - datasets raises many types (and StopIteration); name the file
-        raise ValueError(f"{path!r} could not be read as {builder}: {one_line(error)}") from error
+        names = ", ".join(repr(path) for path in data_files.values())
+        raise ValueError(f"{names} could not be read as {builder}: {one_line(error)}") from error
+
+
+def _load_file(path: str) -> Dataset:
+    """One local data file, which must hold rows (see [`load_data_files`])."""
+    dataset = load_data_files({"train": path})["train"]
     if len(dataset) == 0:
         raise ValueError(f"{path!r} holds no rows.")
     return dataset
