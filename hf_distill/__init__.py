@@ -5,6 +5,8 @@ from .config import DistillationConfig
 from .ddk import (
     DDKCallback,
     DomainCollator,
+    DomainMixture,
+    DomainStream,
     DomainWeightedSampler,
     concatenate_domains,
     ddk_update,
@@ -46,6 +48,8 @@ __all__ = [
     "DistillationTrainer",
     "DSGKDCollator",
     "DomainCollator",
+    "DomainMixture",
+    "DomainStream",
     "DomainTermTagger",
     "DomainWeightedSampler",
     "EmptyLabelsError",

@@ -1,13 +1,31 @@
-"""Reading the user's files with errors that name the file: text (YAML, JSON Lines, CSV) and model weights."""
+"""Reading the user's files with errors that name the file: text (YAML, JSON Lines, CSV) and model weights; writing
+small JSON records whole or not at all."""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["check_text_file", "checked_load", "checked_weight_files", "one_line", "read_text_file"]
+__all__ = [
+    "check_text_file",
+    "checked_load",
+    "checked_weight_files",
+    "one_line",
+    "read_text_file",
+    "write_json_atomic",
+]
+
+
+def write_json_atomic(path: str, record: Any, indent: int | None = 2) -> None:
+    """Write `record` as JSON to `path` through a temporary file and a rename: a reader sees the old file or the whole
+    new one, never a part."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=indent)
+    os.replace(tmp, path)
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

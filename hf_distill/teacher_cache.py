@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .files import read_text_file
+from .files import read_text_file, write_json_atomic
 from .teacher_cache_check import file_sha256, verify_cache
 
 CACHE_FORMAT = "hf_distill.teacher_cache"
@@ -140,10 +140,7 @@ def build_teacher_cache(
 
 
 def _write_manifest(output_dir: str, manifest: dict[str, Any]) -> None:
-    tmp = os.path.join(output_dir, MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(output_dir, MANIFEST))
+    write_json_atomic(os.path.join(output_dir, MANIFEST), manifest)
 
 
 def _shard_record(output_dir: str, name: str) -> dict[str, Any]:

@@ -3,19 +3,21 @@
     accelerate launch recipes/ddk.py                                             # embedded demo, CPU, offline
     accelerate launch recipes/ddk.py --max_steps 100 --ddk_update_steps 20       # command line overrides
     accelerate launch recipes/ddk.py --ddk_update_steps none                     # control: static (uniform) mixture
+    accelerate launch recipes/ddk.py --streaming true                            # read each domain lazily
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/ddk.py \\
         --config recipes/configs/qwen2.5-1.5b-to-0.5b-ddk.yaml
 
-Arguments are the fields of `ScriptArguments` below and of `hf_distill.DistillationConfig` (every
-`TrainingArguments` field included), read from a YAML file (`--config`, default `recipes/configs/demo.yaml`) and
-overridden on the command line. The recipe loads teacher and student, loads the corpus (hub name with a domain
-column, a local JSON/Parquet/CSV file, or a directory with one file per domain), removes duplicate texts, holds out
-(by `split_seed`) `validation_size` texts per domain for the table and `ddk_validation_size` others for DDK,
-tokenizes and packs, trains with DDK (or, with `--ddk_update_steps none`, on the static `ddk_initial_weights`
-mixture, with no DDK evaluation), prints the per-domain perplexity of the teacher, the student before and the
-student after, plots the domain weights over the steps, saves the student (safetensors and tokenizer),
-`results.json` and its model card (`README.md`) and, with `--push_to_hub`, then pushes it. Each phase ends with a
-`[phase] ...: T s` line and each DDK update logs one line with its duration.
+Arguments are the fields of `ScriptArguments` below and of `hf_distill.DistillationConfig` (every `TrainingArguments`
+field included), read from a YAML file (`--config`, default `recipes/configs/demo.yaml`) and overridden on the command
+line. The recipe loads teacher and student, loads the corpus (hub name with a domain column, a local JSON/Parquet/CSV
+file, or a directory with one file per domain), removes duplicate texts, holds out (by `split_seed`) `validation_size`
+texts per domain for the table and `ddk_validation_size` others for DDK, tokenizes and packs (with `--streaming true`:
+reads each domain's file or folder of shards lazily, holds out the first distinct texts of each and packs the rest on
+the fly, see `DomainStream`), trains with DDK (or, with `--ddk_update_steps none`, on the static `ddk_initial_weights`
+mixture, with no DDK evaluation), prints the per-domain perplexity of the teacher, the student before and the student
+after, plots the domain weights over the steps, saves the student (safetensors and tokenizer), `results.json` and its
+model card (`README.md`) and, with `--push_to_hub`, then pushes it. Each phase ends with a `[phase] ...: T s` line and
+each DDK update logs one line with its duration.
 
 Reliability: every value is checked before a model is loaded (one-line `error: ...`, exit code 2). With checkpoints
 (`--save_strategy steps --save_steps N`), a run re-started with the same `--output_dir` resumes from the newest
@@ -43,7 +45,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, defaul
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
-from hf_distill import DistillationConfig, DistillationTrainer, EmptyLabelsError, NonFiniteError
+from hf_distill import DistillationConfig, DistillationTrainer, DomainStream, EmptyLabelsError, NonFiniteError
 from hf_distill.recipe_tools.cli import (
     RecipeError,
     load_or_refuse,
@@ -54,6 +56,7 @@ from hf_distill.recipe_tools.cli import (
 from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
+from hf_distill.recipe_tools.streaming import hold_out_stream, stream_domain_sources
 from hf_distill.validation import SEED, NumberRule, check_numbers
 
 logger = logging.get_logger("recipes.ddk")
@@ -101,6 +104,17 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Remove the checkpoints of --output_dir and start over (otherwise the run resumes)."},
     )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes for hashing, splitting and tokenizing the corpus (datasets' num_proc)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read each domain's file or folder of shards lazily and pack it on the fly (for corpora too "
+            "large to load): held out are the first distinct texts of each domain (split_seed does not apply)."
+        },
+    )
 
     def __post_init__(self):
         check_numbers(self, SCRIPT_NUMBER_RULES)
@@ -112,6 +126,7 @@ SCRIPT_NUMBER_RULES = {
     "ddk_validation_size": NumberRule(low=1, hint="DDK's held-out texts per domain"),
     "split_seed": SEED,
     "max_eval_batches": NumberRule(low=1, hint="unset evaluates every held-out block"),
+    "preprocessing_num_workers": NumberRule(low=1, hint="unset uses the main process"),
 }
 
 
@@ -220,6 +235,8 @@ def load_data(script: ScriptArguments, args: DistillationConfig, tokenizer: Any)
     texts for the table and (with DDK) `ddk_validation_size` other texts for DDK's validation; each set tokenized
     and packed. No held-out text occurs in training, and the table's texts are not DDK's.
     """
+    if script.streaming:
+        return load_streaming_data(script, args, tokenizer)
     try:
         corpus = load_domain_corpus(
             script.dataset_name, args.domain_column, script.text_column, script.dataset_config, script.dataset_split,
@@ -227,32 +244,65 @@ def load_data(script: ScriptArguments, args: DistillationConfig, tokenizer: Any)
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         raise RecipeError(f"--dataset_name {script.dataset_name}: {error}") from error
-    corpus, removed = deduplicate(corpus, script.text_column)
+    workers = script.preprocessing_num_workers
+    corpus, removed = deduplicate(corpus, script.text_column, workers)
     if removed:
         logger.warning(f"--dataset_name {script.dataset_name}: {removed} duplicate texts removed before the split.")
-    ddk_size = 0 if args.ddk_update_steps is None else (script.ddk_validation_size or script.validation_size)
+    ddk_size = _ddk_size(script, args)
     try:
         train_texts, held_out = hold_out(
-            corpus, script.validation_size + ddk_size, args.domain_column, script.split_seed
+            corpus, script.validation_size + ddk_size, args.domain_column, script.split_seed, workers
         )
     except ValueError as error:
         raise RecipeError(
             f"--validation_size {script.validation_size} (+ ddk_validation_size {ddk_size}): {error}"
         ) from error
-    table = {d: texts.select(range(script.validation_size)) for d, texts in held_out.items()}
-    ddk = None  # DDK's own held-out texts, after the table's
-    if ddk_size:
-        ddk = {d: texts.select(range(script.validation_size, len(texts))) for d, texts in held_out.items()}
+    table, ddk = _table_and_ddk(held_out, script.validation_size, ddk_size)
     with args.main_process_first(desc="tokenize and pack"):
         try:
             packed = {
-                "train": pack_texts(train_texts, tokenizer, script.block_size, script.text_column, args.domain_column),
+                "train": pack_texts(
+                    train_texts, tokenizer, script.block_size, script.text_column, args.domain_column, workers
+                ),
                 "validation": _pack_each(table, tokenizer, script),
                 "ddk_validation": _pack_each(ddk, tokenizer, script) if ddk else None,
             }
         except ValueError as error:
             raise RecipeError(str(error)) from error
     return {**packed, "corpus": corpus, "texts": {"train": train_texts, "table": table, "ddk": ddk}}
+
+
+def load_streaming_data(script: ScriptArguments, args: DistillationConfig, tokenizer: Any) -> dict[str, Any]:
+    """
+    `--streaming`: each domain's file or folder of shards read lazily; the first `validation_size` (+ DDK's
+    `ddk_validation_size`) distinct texts of each domain held out (table first, then DDK's) and filtered out of that
+    domain's training stream, which a [`DomainStream`] tokenizes and packs on the fly.
+    """
+    ddk_size = _ddk_size(script, args)
+    try:
+        sources = stream_domain_sources(script.dataset_name, script.text_column)
+        train, held_out = hold_out_stream(sources, script.validation_size + ddk_size, script.text_column)
+        table, ddk = _table_and_ddk(held_out, script.validation_size, ddk_size)
+        packed = {
+            "train": DomainStream(train, script.block_size, tokenizer, script.text_column),
+            "validation": _pack_each(table, tokenizer, script),
+            "ddk_validation": _pack_each(ddk, tokenizer, script) if ddk else None,
+        }
+    except ValueError as error:
+        raise RecipeError(f"--dataset_name {script.dataset_name} --streaming true: {error}") from error
+    return {**packed, "corpus": None, "texts": {"train": train, "table": table, "ddk": ddk}}
+
+
+def _ddk_size(script: ScriptArguments, args: DistillationConfig) -> int:
+    """DDK's own held-out texts per domain (none without DDK)."""
+    return 0 if args.ddk_update_steps is None else (script.ddk_validation_size or script.validation_size)
+
+
+def _table_and_ddk(held_out: dict[str, Any], table_size: int, ddk_size: int) -> tuple[dict[str, Any], Any]:
+    """The held-out texts of each domain split into the table's (first `table_size`) and DDK's (the rest)."""
+    table = {d: texts.select(range(table_size)) for d, texts in held_out.items()}
+    ddk = {d: texts.select(range(table_size, len(texts))) for d, texts in held_out.items()} if ddk_size else None
+    return table, ddk
 
 
 def _pack_each(texts: dict[str, Any], tokenizer: Any, script: ScriptArguments) -> dict[str, Any]:

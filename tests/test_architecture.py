@@ -167,13 +167,11 @@ def test_the_architecture_page_maps_every_module_and_term():
     assert not unlisted
     for term in hf_distill.registered_terms():
         assert f"| `{term.name}` | `{term.log_name}` | `{term.weight}` |" in page, term.name
-    for method in ("_save", "_load_from_checkpoint", "_set_signature_columns_if_needed", "_get_train_sampler"):
+    overrides = (
+        "_save", "_load_from_checkpoint", "_set_signature_columns_if_needed", "_get_train_sampler", "_save_rng_state"
+    )  # fmt: skip
+    for method in overrides:
         assert method in vars(DistillationTrainer) and f"| `{method}` (override)" in page
     private = {name for name in vars(DistillationTrainer) if name.startswith("_") and not name.startswith("__")}
-    own = {"_adjust_args", "_attach_domains", "_metrics"}  # hf_distill's own helpers, not Trainer methods
-    assert {name for name in private - own if hasattr(Trainer, name)} == {
-        "_save",
-        "_load_from_checkpoint",
-        "_set_signature_columns_if_needed",
-        "_get_train_sampler",
-    }
+    own = {"_adjust_args", "_attach_domains", "_metrics", "_data_seed"}  # hf_distill's own helpers
+    assert {name for name in private - own if hasattr(Trainer, name)} == set(overrides)

@@ -2,13 +2,19 @@
 references."""
 
 import json
+import tracemalloc
 from pathlib import Path
 
+import datasets.config
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
+from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 
@@ -66,6 +72,60 @@ def test_hold_out_is_disjoint_per_domain_and_reproducible():
     assert hold_out(data, 4, seed=3)[1]["b"]["text"] == held["b"]["text"] != hold_out(data, 4, seed=4)[1]["b"]["text"]
     with pytest.raises(ValueError, match="Domain 'a' has 10 examples, not more than size=10"):
         hold_out(data, 10)
+
+
+def test_held_out_texts_are_the_seeded_shuffles_head_and_training_keeps_the_rest_in_order():
+    data = Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "domain": ["a", "b", "b"] * 10})
+    train, held = hold_out(data, 4, seed=3)
+    for name in ("a", "b"):
+        part = data.filter(lambda d, name=name: d == name, input_columns="domain")
+        assert held[name]["text"] == part.shuffle(seed=3)["text"][:4]  # datasets' own shuffle as the reference
+    kept = set(held["a"]["text"]) | set(held["b"]["text"])
+    assert list(train["text"]) == [t for t in data["text"] if t not in kept]
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_deduplicate_keeps_each_texts_first_occurrence_in_order(num_proc):
+    texts = ["b", "a", "b", "c", "a", "a", "d", "c"] * 3 + ["e"]
+    data = Dataset.from_dict({"text": texts, "domain": [str(i % 3) for i in range(len(texts))]})
+    out, removed = deduplicate(data, num_proc=num_proc)
+    reference = [
+        (t, d) for i, (t, d) in enumerate(zip(data["text"], data["domain"], strict=True)) if t not in texts[:i]
+    ]
+    assert list(zip(out["text"], out["domain"], strict=True)) == reference and removed == len(texts) - len(reference)
+    assert deduplicate(out) == (out, 0)
+
+
+def _prepare_corpus(folder: Path, rows: int, tokenizer) -> int:
+    """Write `rows` texts (4 domains, 1 in 5 a repeat) as Parquet with Arrow, then load, deduplicate, hold out and
+    pack them as the recipe does; the peak of the Python allocations (tracemalloc: lists, strings, ints, numpy
+    arrays; not Arrow's buffers) during the preparation."""
+    folder.mkdir()
+    for name in ("code", "dna", "math", "prose"):
+        numbers = pc.cast(pa.array(np.arange(rows // 4) % (rows // 5)), pa.string())
+        texts = pc.binary_join_element_wise(pa.scalar(f"{name} text number "), numbers, "")
+        pq.write_table(pa.table({"text": texts}), folder / f"{name}.parquet")
+    tracemalloc.start()
+    try:
+        corpus, _ = deduplicate(load_domain_corpus(str(folder)))
+        train, _ = hold_out(corpus, 8, seed=0)
+        assert len(pack_texts(train, tokenizer, 64)) > rows // 10
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_corpus_preparation_builds_no_python_list_of_the_rows(tmp_path, tokenizer, monkeypatch):
+    """Tripling the corpus may add far less Python memory than one list of its row numbers would take (8 bytes of
+    pointer + 28 of int object per row; a list of its texts takes more): every per-row step runs in Arrow, in
+    bounded batches, or in numpy arrays of a few bytes per row."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    small, large = 20_000, 60_000
+    _prepare_corpus(tmp_path / "warm-up", 4_000, tokenizer)  # one-time allocations (imports, caches) land here
+    growth = _prepare_corpus(tmp_path / "large", large, tokenizer)
+    growth -= _prepare_corpus(tmp_path / "small", small, tokenizer)
+    list_of_rows = (large - small) * (8 + 28)
+    assert growth < list_of_rows / 2, f"{growth / (large - small):.1f} bytes per added row"
 
 
 def test_pack_texts_matches_a_plain_loop(tokenizer):

@@ -14,7 +14,7 @@ from conftest import RECIPE_ENV as ENV
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_distill import PROJECTOR_NAME
+from hf_distill import PROJECTOR_NAME, DomainStream
 from hf_distill.recipe_tools.corpus import hold_out, load_domain_corpus, pack_texts
 
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -198,6 +198,9 @@ def test_held_out_texts_depend_on_split_seed_only_never_occur_in_training_and_ta
         table, own = set(texts["1"]["table"][domain]["text"]), set(texts["1"]["ddk"][domain]["text"])
         assert len(table) == 16 and len(own) == 12 and not table & own and not (table | own) & train
     assert len(train) == len(texts["1"]["train"])  # no text twice
+    workers = ddk.build([*argv, "--seed", "1", "--preprocessing_num_workers", "2"])[2]
+    assert workers["texts"]["train"]["text"] == texts["1"]["train"]["text"]  # the same split, in 2 processes
+    assert workers["train"]["input_ids"] == ddk.build([*argv, "--seed", "1"])[2]["train"]["input_ids"]
 
 
 def test_a_static_mixture_runs_through_the_recipe_without_any_ddk_evaluation(monkeypatch, tmp_path):
@@ -230,3 +233,40 @@ def test_the_ablation_runs_each_condition_per_seed_and_summarises_the_perplexity
             assert (results["ddk_steps"] == [0]) == (condition == "equal sampling")
             assert all(len(set(w)) == 1 for w in weights.values()) == (condition == "equal sampling")
     assert "equal sampling" in capsys.readouterr().out
+
+
+def test_streaming_holds_out_each_domains_first_texts_and_trains_on_a_stream_of_the_rest(monkeypatch, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    files = {}  # the texts of each domain in reading order: `code` as a folder of two shards, the others one file
+    for path in sorted((DEMO / "corpus").glob("*.jsonl")):
+        lines = path.read_text().splitlines(keepends=True)
+        if path.stem == "code":
+            (corpus / "code").mkdir()
+            (corpus / "code" / "part-0.jsonl").write_text("".join(lines[: len(lines) // 2]))
+            (corpus / "code" / "part-1.jsonl").write_text("".join(lines[len(lines) // 2 :]))
+        else:
+            shutil.copy(path, corpus / path.name)
+        files[path.stem] = [json.loads(line)["text"] for line in lines]
+    argv = ["--output_dir", str(tmp_path / "stream"), *FAST, "--dataset_name", str(corpus), "--streaming", "true",
+            "--ddk_validation_size", "12", "--logging_steps", "1"]  # fmt: skip
+    trainer, data, _ = _counted_run(monkeypatch, argv)
+    texts = data["texts"]
+    for domain, stream in texts["train"].items():
+        table, own = list(texts["table"][domain]["text"]), list(texts["ddk"][domain]["text"])
+        distinct = list(dict.fromkeys(files[domain]))
+        assert table + own == distinct[:28]  # 16 for the table, then 12 for DDK: the first distinct texts
+        assert {row["text"] for row in stream} == set(distinct[28:])  # every other text, and no held-out one
+    assert isinstance(trainer.train_dataset, DomainStream) and trainer.state.global_step == 8
+    results = json.loads((tmp_path / "stream" / "results.json").read_text())
+    assert results["ddk_steps"] == [0, 4, 8] and set(results["perplexity"]["student-after"]) == set(files)
+    shares = [h for h in trainer.state.log_history if "domain_share/code" in h]
+    assert len(shares) == 8 and all(abs(sum(h[f"domain_share/{d}"] for d in files) - 1) < 1e-6 for h in shares)
+
+
+def test_streaming_needs_a_directory_of_per_domain_sources(capsys, tmp_path):
+    (tmp_path / "one.jsonl").write_text('{"text": "a", "domain": "x"}\n')
+    with pytest.raises(SystemExit):
+        ddk.main(["--dataset_name", str(tmp_path / "one.jsonl"), "--streaming", "true"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: --dataset_name") and "streaming reads one source per domain" in err

@@ -9,29 +9,37 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy_domains import DOMAINS
 
-from hf_distill import DomainWeightedSampler
+from hf_distill import DomainMixture, DomainWeightedSampler
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_step.py"
 DDK_SCRIPT = Path(__file__).parent / "scripts" / "ddk_ddp.py"
+STREAM_SCRIPT = Path(__file__).parent / "scripts" / "stream_ddp.py"
 
 
-def _run(cmd, env):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def _launch_two(script, *args, port):
+    """`script ARGS` on two gloo processes: accelerate 1.15 runs `--cpu --num_processes 2` as ONE process without
+    mpirun; `--multi_gpu` uses torchrun."""
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+          str(script), *map(str, args)])  # fmt: skip
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_double_batch(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     single.mkdir(), ddp.mkdir()
-    _run([sys.executable, str(SCRIPT), str(single), "8"], env)
-    # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process without mpirun; --multi_gpu uses torchrun (gloo)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29517"]  # fmt: skip
-    _run([*launch, str(SCRIPT), str(ddp), "4"], env)
+    _run([sys.executable, str(SCRIPT), str(single), "8"])
+    _launch_two(SCRIPT, ddp, 4, port=29517)
 
     reference = load_file(str(single / "rank0.safetensors"))
     rank0, rank1 = load_file(str(ddp / "rank0.safetensors")), load_file(str(ddp / "rank1.safetensors"))
@@ -43,11 +51,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
 @pytest.mark.slow
 def test_ddk_two_processes_share_weights_and_split_one_stream(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29518"]  # fmt: skip
-    _run([*launch, str(DDK_SCRIPT), str(tmp_path)], env)
+    _launch_two(DDK_SCRIPT, tmp_path, port=29518)
     rank0, rank1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
     # identical weights after every update (3 updates in 6 steps), on both processes
@@ -66,10 +70,9 @@ def test_ddk_two_processes_share_weights_and_split_one_stream(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp2_teacher_is_sharded_per_block_in_eval_mode_and_computes_the_same_logits(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     script = Path(__file__).parent / "scripts" / "fsdp_teacher.py"
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
-          str(script), str(tmp_path)], env)  # fmt: skip
+          str(script), str(tmp_path)])  # fmt: skip
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     for result in ranks:
         assert result["max_abs_diff"] < 1e-5  # same logits as the unsharded teacher
@@ -77,3 +80,31 @@ def test_fsdp2_teacher_is_sharded_per_block_in_eval_mode_and_computes_the_same_l
         assert result["local_numel"] < 0.6 * result["full_numel"]  # a shard, not a copy
         assert not result["training"]
     assert sum(r["local_numel"] for r in ranks) == ranks[0]["full_numel"]
+
+
+@pytest.mark.slow
+def test_ddk_on_a_stream_two_processes_share_the_draws_read_their_own_parts_and_resume_exactly(tmp_path):
+    _launch_two(STREAM_SCRIPT, tmp_path, port=29520)
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    full = [r["full"] for r in ranks]
+    assert full[0]["world_size"] == 2 and len(full[0]["updates"]) == 3
+    assert full[0]["updates"] == full[1]["updates"] and full[0]["history"] == full[1]["history"]
+    # the global stream: micro-batch k of rank 0, then of rank 1 (4 blocks each), follows the one weighted draw
+    mixture = DomainMixture(DOMAINS, seed=0)
+    for position, weights in full[0]["history"][1:]:
+        mixture.set_weights(weights, position)
+    merged = [block for k in range(6) for rank in (0, 1) for block in full[rank]["batches"][k]]
+    assert [DOMAINS.index(domain) for domain, _ in merged] == mixture.draw_domains(0, 48)
+    # each process reads its own shard of every domain (rows 0-19 on rank 0, 20-39 on rank 1)
+    for rank in (0, 1):
+        rows = {row for batch in full[rank]["batches"] for _, row in batch}
+        assert rows and all(20 * rank <= row < 20 * rank + 20 for row in rows)
+    # resumed from checkpoint-3 on both processes: the same weights, blocks and losses as the uninterrupted run
+    for rank in (0, 1):
+        resumed = ranks[rank]["resumed"]
+        assert resumed["history"] == full[rank]["history"]
+        assert resumed["batches"] == full[rank]["batches"][3:]
+        after = [h for h in resumed["logs"] if h["step"] > 3]
+        assert [h["step"] for h in after] == [4, 5, 6]
+        for a, b in zip([h for h in full[rank]["logs"] if h["step"] > 3], after, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -67,16 +67,23 @@ def make_student(state: dict) -> torch.nn.Module:
     return model
 
 
-def small_ddk_trainer(tmp_path, **settings):
-    """DDK on the three toy domains with untrained tiny models: an update every 2 of 6 steps (`settings` override)."""
+def toy_trainer(args, train_dataset, data_collator=None, ddk_eval_dataset=None):
+    """A `DistillationTrainer` of the untrained tiny pair (student 2 x 16, teacher 4 x 32) on `train_dataset`, with
+    DDK's held-out data of the three toy domains when `args` turns DDK on."""
     from hf_distill import DistillationTrainer
 
+    if ddk_eval_dataset is None and args.ddk_update_steps is not None:
+        ddk_eval_dataset = domain_datasets(12, seed=1)
+    return DistillationTrainer(
+        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
+        train_dataset=train_dataset, ddk_eval_dataset=ddk_eval_dataset, data_collator=data_collator or PadCollator(),
+    )  # fmt: skip
+
+
+def small_ddk_trainer(tmp_path, **settings):
+    """DDK on the three toy domains with untrained tiny models: an update every 2 of 6 steps (`settings` override)."""
     args = make_config(tmp_path, **{
         "max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-3, "ddk_update_steps": 2,
         "ddk_eval_batches": 2, "per_device_eval_batch_size": 8, "gamma": 0.5, "temperature": 2.0, **settings,
     })  # fmt: skip
-    return DistillationTrainer(
-        model=tiny_llama(hidden=16, seed=1), teacher_model=tiny_llama(hidden=32, layers=4, seed=2), args=args,
-        train_dataset=domain_datasets(64, seed=0), ddk_eval_dataset=domain_datasets(16, seed=1),
-        data_collator=PadCollator(),
-    )  # fmt: skip
+    return toy_trainer(args, domain_datasets(64, seed=0), ddk_eval_dataset=domain_datasets(16, seed=1))

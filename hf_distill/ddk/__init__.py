@@ -2,10 +2,13 @@
 evaluator and the callback that re-weights the mixture during training."""
 
 from .callback import DDKAttach, DDKCallback, DDKParts
-from .data import DOMAIN_IDS, DomainCollator, concatenate_domains, domain_labels, split_by_domain
+from .data import DOMAIN_IDS, DomainCollator, concatenate_domains, domain_ids, domain_labels, split_by_domain
 from .domains import TrainingDomains
 from .evaluator import DomainEvaluator
+from .mixture import DomainMixture
+from .packing import DomainReader
 from .sampler import DomainWeightedSampler
+from .stream import DomainStream, StreamMixture
 from .update import GAPS, ddk_update, discrepancy_factor, domain_gap, parse_domain_weights
 
 __all__ = [
@@ -16,12 +19,17 @@ __all__ = [
     "DDKParts",
     "DomainCollator",
     "DomainEvaluator",
+    "DomainMixture",
+    "DomainReader",
+    "DomainStream",
     "DomainWeightedSampler",
+    "StreamMixture",
     "TrainingDomains",
     "concatenate_domains",
     "ddk_update",
     "discrepancy_factor",
     "domain_gap",
+    "domain_ids",
     "domain_labels",
     "parse_domain_weights",
     "split_by_domain",

@@ -47,15 +47,15 @@ class DDKCallback(TrainerCallback, ExportableState):
     Re-weights the training mixture toward the domains where the student lags the teacher most (DDK).
 
     Every `args.ddk_update_steps` optimizer steps it measures the mean token cross-entropy of the student on at most
-    `args.ddk_eval_batches` batches of `per_device_eval_batch_size` per domain and process of the held-out
-    per-domain validation data (token losses and counts summed over processes, then divided), and hands
-    [`ddk_update`]'s new weights to the [`DomainWeightedSampler`]: by default on the ratio of the student's and the
-    teacher's perplexities (`exp` of those cross-entropies), as the paper defines it (`args.ddk_gap`). The teacher's
-    losses are computed once and kept. The new weights apply from the next draw that no process has made yet,
-    rounded up to a whole global micro-batch, so every process records the same change. At each update it logs
-    `ddk/l_S/<domain>` and `ddk/l_T/<domain>` (the cross-entropies), `ddk/ppl_S/<domain>` and `ddk/ppl_T/<domain>`
-    (the perplexities), `ddk/ratio/<domain>` (the ratio the update used), `ddk/weight/<domain>` and `ddk/seconds`
-    (the update's duration), and one info line (`hf_distill.ddk.callback` logger).
+    `args.ddk_eval_batches` batches of `per_device_eval_batch_size` per domain and process of the held-out per-domain
+    validation data (token losses and counts summed over processes, then divided), and hands [`ddk_update`]'s new
+    weights to the mixture (the [`DomainWeightedSampler`], or a [`DomainStream`]'s): by default on the ratio of the
+    student's and the teacher's perplexities (`exp` of those cross-entropies), as the paper defines it
+    (`args.ddk_gap`). The teacher's losses are computed once and kept. The new weights apply from the next draw that no
+    process has made yet, rounded up to a whole global micro-batch, so every process records the same change. At each
+    update it logs `ddk/l_S/<domain>` and `ddk/l_T/<domain>` (the cross-entropies), `ddk/ppl_S/<domain>` and
+    `ddk/ppl_T/<domain>` (the perplexities), `ddk/ratio/<domain>` (the ratio the update used), `ddk/weight/<domain>`
+    and `ddk/seconds` (the update's duration), and one info line (`hf_distill.ddk.callback` logger).
 
     Its state (`teacher_losses`, `updates`, and `sampler`: the sampler's weights history) is saved in each
     checkpoint's `trainer_state.json` and restored on resume through transformers' `ExportableState` path

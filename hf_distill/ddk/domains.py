@@ -1,4 +1,5 @@
-"""`TrainingDomains`: a training set's domains, checked against the settings, and the sampler that mixes them."""
+"""`TrainingDomains`: a training set's domains, checked against the settings, and the sampler (map-style data) or
+stream (streaming sources) that mixes them."""
 
 from __future__ import annotations
 
@@ -8,20 +9,23 @@ from typing import Any
 import torch
 from datasets import ClassLabel, Dataset
 
-from .data import DomainCollator, concatenate_domains, domain_labels, split_by_domain
+from .data import DomainCollator, concatenate_domains, domain_ids, split_by_domain
+from .mixture import DomainMixture
 from .sampler import DomainWeightedSampler
+from .stream import DomainStream
 
 
 class TrainingDomains:
     """
     The domains of a multi-domain training set: their names, each example's domain, the held-out validation sets
-    DDK measures on, and the [`DomainWeightedSampler`] that draws the training examples.
+    DDK measures on, and what draws the training examples: the [`DomainWeightedSampler`] of a map-style set, or the
+    [`DomainStream`]'s own mixture.
 
     Build it with [`TrainingDomains.from_data`], which checks the data against the settings before anything is
     trained (and returns `None` for a training set without domains).
 
     Args:
-        train_dataset (`Dataset`): The training set, with `column`.
+        train_dataset (`Dataset` or [`DomainStream`]): The training set, with `column` when map-style.
         column (`str`): The column naming each example's domain.
         initial_weights (`dict[str, float]`, *optional*): The initial mixture `r_0` (uniform when `None`).
         validation (`dict[str, Dataset]`, *optional*): Held-out data per domain (DDK).
@@ -29,19 +33,22 @@ class TrainingDomains:
 
     def __init__(
         self,
-        train_dataset: Dataset,
+        train_dataset: Dataset | DomainStream,
         column: str,
         initial_weights: Mapping[str, float] | None = None,
         validation: Mapping[str, Dataset] | None = None,
     ):
         self.train_dataset, self.column = train_dataset, column
-        self.labels = domain_labels(train_dataset, column)
-        feature = train_dataset.features[column]
-        self.class_names = feature.names if isinstance(feature, ClassLabel) else None
-        self.names = sorted(set(self.labels))
+        self.stream = train_dataset if isinstance(train_dataset, DomainStream) else None
+        if self.stream is not None:
+            self.names, self.label_ids, self.class_names = list(self.stream.domain_names), None, None
+        else:
+            self.names, self.label_ids = domain_ids(train_dataset, column)  # read from Arrow, no list of labels
+            feature = train_dataset.features[column]
+            self.class_names = feature.names if isinstance(feature, ClassLabel) else None
         self.initial_weights = dict(initial_weights) if initial_weights is not None else None
         self.validation = dict(validation) if validation is not None else None
-        self.sampler: DomainWeightedSampler | None = None
+        self.sampler: DomainMixture | None = None
 
     @classmethod
     def from_data(
@@ -61,7 +68,9 @@ class TrainingDomains:
         column, initial_weights = args.domain_column, args.initial_domain_weights
         if isinstance(train_dataset, Mapping):
             train_dataset = concatenate_domains(train_dataset, column)
-        if not (isinstance(train_dataset, Dataset) and column in train_dataset.column_names):
+        if isinstance(train_dataset, DomainStream):
+            cls._check_stream(args)
+        elif not (isinstance(train_dataset, Dataset) and column in train_dataset.column_names):
             if args.ddk_update_steps is not None or initial_weights is not None:
                 raise ValueError(
                     f"DistillationConfig.ddk_update_steps={args.ddk_update_steps} / ddk_initial_weights="
@@ -79,6 +88,27 @@ class TrainingDomains:
                 )
             domains.validation = domains._validation_sets(ddk_eval_dataset, eval_dataset)
         return train_dataset, domains
+
+    @staticmethod
+    def _check_stream(args: Any) -> None:
+        """A [`DomainStream`] has no length and is drawn in the training process."""
+        if args.max_steps is None or args.max_steps <= 0:
+            raise ValueError(
+                f"DistillationConfig.max_steps={args.max_steps}: a DomainStream training set has no length, so "
+                "training needs a number of optimizer steps: set max_steps (e.g. max_steps=1000)."
+            )
+        if args.dataloader_num_workers:
+            raise ValueError(
+                f"DistillationConfig.dataloader_num_workers={args.dataloader_num_workers}: a DomainStream is read in "
+                "the training process (so that DDK's new weights apply to the next draw): set "
+                "dataloader_num_workers=0."
+            )
+        if getattr(args, "teacher_cache", None) is not None:
+            raise ValueError(
+                f"DistillationConfig.teacher_cache={args.teacher_cache!r} holds the teacher's outputs for the rows of "
+                "a map-style dataset; a DomainStream has no rows: run the live teacher (unset teacher_cache) or "
+                "train on the cached dataset."
+            )
 
     def _check_initial_weights(self) -> None:
         initial, names = self.initial_weights, self.names
@@ -126,15 +156,18 @@ class TrainingDomains:
         """`collator` wrapped so that batches carry the domain ids (`domain_ids`)."""
         return DomainCollator(collator, self.column, self.names, self.class_names)
 
+    def _initial(self) -> list[float] | None:
+        initial = self.initial_weights
+        return None if initial is None else [initial[name] for name in self.names]
+
     def new_sampler(self, seed: int) -> DomainWeightedSampler:
         """A fresh sampler at the initial mixture (one per training run); it becomes `self.sampler`."""
-        initial = self.initial_weights
-        self.sampler = DomainWeightedSampler(
-            self.labels,
-            None if initial is None else [initial[name] for name in self.names],
-            seed=seed,
-            domain_names=self.names,
-        )
+        self.sampler = DomainWeightedSampler.from_ids(self.label_ids, self.names, self._initial(), seed=seed)
+        return self.sampler
+
+    def start_stream(self, seed: int, rank: int, processes: int, batch_size: int) -> DomainMixture:
+        """Start the [`DomainStream`] for a training run at the initial mixture; its mixture becomes `self.sampler`."""
+        self.sampler = self.stream.start(seed, self._initial(), rank, processes, batch_size, self.column)
         return self.sampler
 
     def shares(self, domain_ids: torch.Tensor) -> dict[str, torch.Tensor]:

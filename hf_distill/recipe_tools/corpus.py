@@ -1,5 +1,6 @@
-"""Multi-domain text corpora for the recipes: loading (hub, files, a directory of per-domain files), held-out slices
-and tokenize-and-pack into fixed-length causal LM blocks."""
+"""Multi-domain text corpora for the recipes: loading (hub, files, a directory of per-domain files), duplicate
+removal, held-out slices and tokenize-and-pack into fixed-length causal LM blocks, all with `datasets` / Arrow
+operations (no Python list of the rows). The streaming side is in `recipe_tools.streaming`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Value, concatenate_datasets, load_dataset
 
-from ..ddk.data import split_by_domain
+from ..ddk.data import domain_ids, filter_rows, split_by_domain, with_domain
 from ..files import check_text_file, one_line
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -83,8 +86,7 @@ def load_domain_corpus(
         for name in files:
             part = _load_file(os.path.join(expanded, name))
             _check_column(part, text_column, "text_column", f"{source}/{name}")
-            part = part.select_columns([text_column])
-            parts.append(part.add_column(domain_column, [os.path.splitext(name)[0]] * len(part)))
+            parts.append(with_domain(part.select_columns([text_column]), domain_column, os.path.splitext(name)[0]))
         return concatenate_datasets(parts)
     if os.path.isfile(expanded):
         if os.path.splitext(expanded)[1] not in FILE_BUILDERS:
@@ -119,10 +121,16 @@ def _check_column(dataset: Dataset, column: str, field_name: str, source: str) -
         )
 
 
+def text_digest(text: str) -> bytes:
+    """The SHA-1 digest of a text (UTF-8): what duplicate removal compares."""
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
 def deduplicate(dataset: Dataset, text_column: str = "text", num_proc: int | None = None) -> tuple[Dataset, int]:
     """
     Keep the first occurrence of each text (exact match, compared by SHA-1), so a held-out text cannot also be a
-    training text.
+    training text. The digests are computed by `Dataset.map` (in `num_proc` processes) and the first row of each is
+    found by an Arrow group-by: no Python list or set of the rows is built.
 
     Args:
         dataset (`Dataset`): The corpus.
@@ -133,48 +141,55 @@ def deduplicate(dataset: Dataset, text_column: str = "text", num_proc: int | Non
         `tuple[Dataset, int]`: the corpus without duplicates, and how many texts were removed.
     """
 
-    def digests(batch: dict[str, list[Any]]) -> dict[str, list[str]]:
-        return {"_sha1": [hashlib.sha1(text.encode("utf-8")).hexdigest() for text in batch[text_column]]}
+    def digests(batch: dict[str, list[Any]], rows: list[int]) -> dict[str, list[Any]]:
+        return {"digest": [text_digest(text) for text in batch[text_column]], "row": rows}
 
-    hashes = dataset.map(digests, batched=True, num_proc=num_proc, remove_columns=dataset.column_names)["_sha1"]
-    seen: set[str] = set()
-    keep = []
-    for i, digest in enumerate(hashes):
-        if digest not in seen:
-            seen.add(digest)
-            keep.append(i)
-    if len(keep) == len(dataset):
+    keys = dataset.map(
+        digests, batched=True, with_indices=True, num_proc=num_proc, remove_columns=dataset.column_names,
+        desc="hash texts",
+    ).with_format("arrow")[:]  # fmt: skip
+    first = keys.group_by("digest", use_threads=False).aggregate([("row", "min")])["row_min"]
+    if len(first) == len(dataset):
         return dataset, 0
-    return dataset.select(keep), len(dataset) - len(keep)
+    repeats = pc.indices_nonzero(pc.invert(pc.is_in(keys["row"], value_set=first))).to_numpy()
+    return filter_rows(dataset, repeats, exclude=True, num_proc=num_proc, desc="remove duplicates"), len(repeats)
 
 
 def hold_out(
-    dataset: Dataset, size: int, domain_column: str = "domain", seed: int = 0
+    dataset: Dataset, size: int, domain_column: str = "domain", seed: int = 0, num_proc: int | None = None
 ) -> tuple[Dataset, dict[str, Dataset]]:
     """
     Hold out `size` random examples of every domain.
+
+    The held-out examples of a domain are the first `size` of its examples shuffled by `seed` (the permutation
+    `Dataset.shuffle(seed=seed)` uses); the training examples are all the others, in dataset order (a
+    `Dataset.filter`, so no Python list of the rows is built).
 
     Args:
         dataset (`Dataset`): Examples with a `domain_column`.
         size (`int`): Examples held out per domain; each domain must keep at least one for training.
         domain_column (`str`): The domain column.
         seed (`int`): Seed of the per-domain shuffle.
+        num_proc (`int`, *optional*): Processes for the training rows' filter.
 
     Returns:
         `tuple[Dataset, dict[str, Dataset]]`: the training examples (all domains) and the held-out ones per domain.
     """
     if size < 1:
         raise ValueError(f"size={size} must be at least 1 (examples held out per domain).")
-    train, held_out = [], {}
-    for name, part in split_by_domain(dataset, domain_column).items():
-        if len(part) <= size:
+    names, ids = domain_ids(dataset, domain_column)
+    held_out, held_rows = {}, []
+    for i, name in enumerate(names):
+        rows = np.flatnonzero(ids == i)
+        if len(rows) <= size:
             raise ValueError(
-                f"Domain {name!r} has {len(part)} examples, not more than size={size}: lower size or add data."
+                f"Domain {name!r} has {len(rows)} examples, not more than size={size}: lower size or add data."
             )
-        part = part.shuffle(seed=seed)
-        held_out[name] = part.select(range(size))
-        train.append(part.select(range(size, len(part))))
-    return concatenate_datasets(train), held_out
+        picked = rows[np.random.default_rng(seed).permutation(len(rows))[:size]]
+        held_out[name] = dataset.select(picked)
+        held_rows.append(picked)
+    train = filter_rows(dataset, np.concatenate(held_rows), exclude=True, num_proc=num_proc, desc="training rows")
+    return train, held_out
 
 
 def pack_texts(
@@ -212,14 +227,15 @@ def pack_texts(
         cut = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
         return {"input_ids": cut, "attention_mask": [[1] * block_size for _ in cut], "labels": [list(b) for b in cut]}
 
-    parts = split_by_domain(dataset, domain_column) if domain_column is not None else {None: dataset}
+    parts = split_by_domain(dataset, domain_column, num_proc) if domain_column is not None else {None: dataset}
     packed = []
     for name, part in parts.items():
-        part = part.map(blocks, batched=True, batch_size=1000, remove_columns=part.column_names, num_proc=num_proc)
+        part = part.map(
+            blocks, batched=True, batch_size=1000, remove_columns=part.column_names, num_proc=num_proc,
+            desc="tokenize and pack",
+        )  # fmt: skip
         if len(part) == 0:
             where = f"domain {name!r}" if name is not None else "the dataset"
             raise ValueError(f"{where} has fewer than block_size={block_size} tokens: lower block_size or add data.")
-        if domain_column is not None:
-            part = part.add_column(domain_column, [name] * len(part))
-        packed.append(part)
+        packed.append(with_domain(part, domain_column, name) if domain_column is not None else part)
     return concatenate_datasets(packed)

@@ -8,12 +8,14 @@ evaluator ([`TrainingDomains`], [`DomainEvaluator`]) and the student module ([`D
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import HubStrategy
@@ -23,6 +25,8 @@ from ..alignment import attention_layer_pairs
 from ..config import DistillationConfig
 from ..ddk import DDKAttach, DDKCallback, DDKParts, DomainEvaluator, DomainWeightedSampler, TrainingDomains
 from ..ddk.data import DOMAIN_IDS
+from ..ddk.stream import StreamMixture
+from ..files import write_json_atomic
 from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
 from ..teacher_cache import TeacherCacheCollator
@@ -36,7 +40,9 @@ from .teacher import TeacherSetup
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["PROJECTOR_NAME", "DistillationTrainer"]
+__all__ = ["PROJECTOR_NAME", "STREAM_STATE", "DistillationTrainer"]
+
+STREAM_STATE = "domain_stream_{}.json"  # each process's position in a DomainStream, in every checkpoint
 
 
 class DistillationTrainer(Trainer):
@@ -65,6 +71,9 @@ class DistillationTrainer(Trainer):
     [`DomainWeightedSampler`] with the mixture `args.ddk_initial_weights`; with `args.ddk_update_steps` a
     [`DDKCallback`] re-weights it toward the domains where the student lags the teacher most (DDK), measured on
     `ddk_eval_dataset`. The share of each domain in the training batches is logged as `domain_share/<domain>`.
+    A [`DomainStream`] (per-domain streaming sources) is drawn the same way, each process reading its own part of every
+    source; each checkpoint records every process's position in it (`domain_stream_<rank>.json`), from which a resumed
+    run continues without reading the data again.
 
     Args:
         model (`PreTrainedModel` or `str`): The student, or a hub id / local path to load it from (safetensors).
@@ -98,6 +107,7 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs a student `model` (a model or a hub id / local path).")
         self._hub_token, args.hub_token = args.hub_token, None  # never in training_args.bin
         self.model_card_info: dict[str, Any] = {}
+        self._resuming_from: str | None = None  # the checkpoint a DomainStream resumes from, during train()
         if ddk_eval_dataset is not None and args.ddk_update_steps is None:
             logger.warning("ddk_eval_dataset is ignored: DDK is off (set ddk_update_steps to turn it on).")
         train_dataset, self.domains = TrainingDomains.from_data(
@@ -313,7 +323,38 @@ class DistillationTrainer(Trainer):
                 f"train_sampling_strategy={self.args.train_sampling_strategy!r} is ignored: the training set has "
                 "domains, so examples are drawn by the DomainWeightedSampler."
             )
-        return self.domains.new_sampler(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        return self.domains.new_sampler(self._data_seed())
+
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def get_train_dataloader(self) -> DataLoader:
+        """
+        A [`DomainStream`] training set: a fresh run of the stream on this process (restored from the checkpoint
+        being resumed), read in batches of `per_device_train_batch_size` by a plain `DataLoader` (the stream already
+        reads this process's part only: accelerate must not shard or dispatch it again). Other sets: the Trainer's.
+        """
+        if self.domains is None or self.domains.stream is None:
+            return super().get_train_dataloader()
+        mixture = self.domains.start_stream(
+            self._data_seed(), self.accelerator.process_index, self.accelerator.num_processes, self._train_batch_size
+        )
+        resume = self._resuming_from
+        if resume is not None:
+            path = os.path.join(resume, STREAM_STATE.format(self.accelerator.process_index))
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"resume_from_checkpoint={resume!r} has no {os.path.basename(path)}: it was not written by a "
+                    "run on a DomainStream with this many processes; resume from such a checkpoint or start over."
+                )
+            with open(path) as f:
+                mixture.load_process_state(json.load(f))
+        return DataLoader(
+            self.domains.stream,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
     # ---- Trainer hooks: saving, resuming, publishing -----------------------------------------------------------
 
@@ -341,7 +382,23 @@ class DistillationTrainer(Trainer):
             raise ValueError(
                 f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint: {problem}."
             )
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        if self.domains is None or self.domains.stream is None:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        # A DomainStream resumes from its saved position: the Trainer must not replay (re-read) the batches seen.
+        self._resuming_from, skip = resume_from_checkpoint or None, self.args.ignore_data_skip
+        self.args.ignore_data_skip = True
+        try:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self.args.ignore_data_skip, self._resuming_from = skip, None
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Each process's RNG state and, with a [`DomainStream`], its position in the stream (before the Trainer's
+        state, which is written last and marks the checkpoint complete)."""
+        super()._save_rng_state(output_dir)
+        if isinstance(self.domain_sampler, StreamMixture):
+            path = os.path.join(output_dir, STREAM_STATE.format(self.accelerator.process_index))
+            write_json_atomic(path, self.domain_sampler.process_state())
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the student alone (`from_pretrained`-loadable); in a checkpoint also the learned projections. A

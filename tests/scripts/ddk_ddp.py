@@ -10,11 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from conftest import PadCollator, make_config, tiny_llama  # noqa: E402
+from conftest import PadCollator, make_config  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from toy_domains import DOMAINS, domain_datasets, domain_rows  # noqa: E402
-
-from hf_distill import DistillationTrainer  # noqa: E402
+from toy_domains import DOMAINS, domain_rows, toy_trainer  # noqa: E402
 
 STEPS = 6
 
@@ -43,14 +41,7 @@ def main(out: str) -> None:
         per_device_eval_batch_size=4, remove_unused_columns=False,
     )  # fmt: skip
     collator = RecordingCollator()
-    trainer = DistillationTrainer(
-        model=tiny_llama(hidden=16, seed=1),
-        teacher_model=tiny_llama(hidden=32, layers=4, seed=2),
-        args=args,
-        train_dataset=train,
-        ddk_eval_dataset=domain_datasets(12, seed=1),
-        data_collator=collator,
-    )
+    trainer = toy_trainer(args, train, collator)
     trainer.train()
     rank = trainer.args.process_index
     record = {
