@@ -11,7 +11,10 @@ Layout of a cache directory:
   `offsets[i]:offsets[i+1]`, one row per attended position (`attention_mask == 1`) in order.
 
 Everything is read with `json` and `safetensors`: no pickle. The manifest is written last, so an interrupted build
-leaves no usable cache. Opening a cache checks it whole before training ([`verify_cache`]): shard paths stay inside
+leaves no usable cache. Under `torch.distributed` (e.g. `accelerate launch` with an initialised `PartialState`) each
+process runs the teacher on its contiguous share of the examples and writes its own shards
+(`shard-r<rank>-XXXXX.safetensors`) and a record of them; process 0 writes the one manifest after every process has
+written its record. Opening a cache checks it whole before training ([`verify_cache`]): shard paths stay inside
 the folder, sizes and hashes match the manifest, log-probabilities are finite and <= 0.
 """
 
@@ -106,21 +109,29 @@ def build_teacher_cache(
         raise FileExistsError(
             f"output_dir={output_dir!r} is not empty: choose a new directory or pass overwrite=True."
         )
-    os.makedirs(output_dir, exist_ok=True)
-    if os.path.exists(os.path.join(output_dir, MANIFEST)):
-        os.remove(os.path.join(output_dir, MANIFEST))  # the old cache is unusable from here on
+    rank, processes = _process()
+    _barrier(processes)  # every process has checked the directory before process 0 changes it
+    if rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        if os.path.exists(os.path.join(output_dir, MANIFEST)):
+            os.remove(os.path.join(output_dir, MANIFEST))  # the old cache is unusable from here on
+    _barrier(processes)
     device = next(teacher.parameters()).device
     teacher.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    writer, n = _ShardWriter(output_dir, dtype, examples_per_shard), len(dataset)
-    for start in range(0, n, batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, n))]
+    n = len(dataset)
+    start, stop = rank * n // processes, (rank + 1) * n // processes  # this process's contiguous share
+    prefix = "shard-" if processes == 1 else f"shard-r{rank:03d}-"
+    writer = _ShardWriter(output_dir, dtype, examples_per_shard, prefix, start)
+    for first in range(start, stop, batch_size):
+        rows = [dataset[i] for i in range(first, min(first + batch_size, stop))]
         ids, mask = _padded(rows, pad)
         logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for b, row in enumerate(rows):
             positions = torch.tensor(_attended_rows(row), dtype=torch.long, device=logits.device)
             logprobs = F.log_softmax(logits[b, positions, :vocab].float() / temperature, dim=-1)
-            writer.add(start + b, *logprobs.topk(k, dim=-1), last=start + b == n - 1)
+            writer.add(first + b, *logprobs.topk(k, dim=-1), last=first + b == stop - 1)
+    shards, tokens = _gather_shards(output_dir, rank, processes, writer)
     manifest = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
@@ -131,12 +142,45 @@ def build_teacher_cache(
         "vocab_size": vocab,
         "dtype": str(dtype).removeprefix("torch."),
         "num_examples": n,
-        "num_tokens": writer.total_tokens,
+        "num_tokens": tokens,
         "dataset_fingerprint": dataset_fingerprint(row["input_ids"] for row in dataset),
-        "shards": writer.shards,
+        "shards": shards,
     }
-    _write_manifest(output_dir, manifest)
+    if rank == 0:
+        _write_manifest(output_dir, manifest)
+    _barrier(processes)  # no process returns before the cache is usable
     return manifest
+
+
+def _process() -> tuple[int, int]:
+    """This process's rank and the number of processes (`torch.distributed` when initialised, else 0 and 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier(processes: int) -> None:
+    if processes > 1:
+        torch.distributed.barrier()
+
+
+def _gather_shards(output_dir: str, rank: int, processes: int, writer: _ShardWriter) -> tuple[list[dict], int]:
+    """Every process's shard records, in example order, and the total token count: each process writes
+    `part-<rank>.json` once its shards are written, all read every record after a barrier, and each removes its own
+    after a second one. A process that fails before its record leaves the others at the barrier: no manifest."""
+    if processes == 1:
+        return writer.shards, writer.total_tokens
+    part = os.path.join(output_dir, f"part-{rank:03d}.json")
+    write_json_atomic(part, {"shards": writer.shards, "num_tokens": writer.total_tokens})
+    _barrier(processes)
+    shards, tokens = [], 0
+    for other in range(processes):
+        record = json.loads(read_text_file(os.path.join(output_dir, f"part-{other:03d}.json")))
+        shards += record["shards"]
+        tokens += record["num_tokens"]
+    _barrier(processes)  # every process has read every record
+    os.remove(part)
+    return shards, tokens
 
 
 def _write_manifest(output_dir: str, manifest: dict[str, Any]) -> None:
@@ -181,11 +225,12 @@ def _padded(rows: list[dict[str, Any]], pad: int) -> tuple[torch.Tensor, torch.T
 class _ShardWriter:
     """Collects each example's top-k rows and writes them `examples_per_shard` examples to a safetensors shard."""
 
-    def __init__(self, output_dir: str, dtype: torch.dtype, examples_per_shard: int):
+    def __init__(self, output_dir: str, dtype: torch.dtype, examples_per_shard: int, prefix: str, first: int):
         self.output_dir, self.dtype, self.examples_per_shard = output_dir, dtype, examples_per_shard
+        self.prefix = prefix
         self.shards: list[dict[str, Any]] = []
         self.buffer: dict[str, list] = {"logprobs": [], "indices": [], "lengths": []}
-        self.first, self.total_tokens = 0, 0
+        self.first, self.total_tokens = first, 0
 
     def add(self, index: int, values: torch.Tensor, indices: torch.Tensor, last: bool) -> None:
         self.buffer["logprobs"].append(values.cpu())
@@ -196,7 +241,7 @@ class _ShardWriter:
             self._flush(index)
 
     def _flush(self, last: int) -> None:
-        name = f"shard-{len(self.shards):05d}.safetensors"
+        name = f"{self.prefix}{len(self.shards):05d}.safetensors"
         lengths = torch.tensor([0] + self.buffer["lengths"], dtype=torch.int64)
         tensors = {
             "logprobs": torch.cat(self.buffer["logprobs"]).to(self.dtype).contiguous(),

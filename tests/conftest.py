@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +36,19 @@ RECIPE = ROOT / "recipes" / "ddk.py"
 RECIPE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
               "OMP_NUM_THREADS": "1"}  # fmt: skip
 VOCAB = 96
+
+
+def launch_two(script, *args, port, check=True):
+    """`script ARGS` on two gloo processes (accelerate 1.15 runs `--cpu --num_processes 2` as ONE process without
+    mpirun; `--multi_gpu` uses torchrun), in the recipes' offline CPU environment; asserts success when `check`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         str(script), *map(str, args)],
+        capture_output=True, text=True, env=RECIPE_ENV, timeout=300,
+    )  # fmt: skip
+    assert not check or proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
 
 
 def tiny_llama(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0, eager=True):

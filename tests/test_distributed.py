@@ -1,13 +1,13 @@
 """Two gloo processes on CPU: the update equals one process on the concatenated batch; DDK stays in sync."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPE_ENV, launch_two
 from safetensors.torch import load_file
 from toy_domains import DOMAINS
 
@@ -18,20 +18,9 @@ DDK_SCRIPT = Path(__file__).parent / "scripts" / "ddk_ddp.py"
 STREAM_SCRIPT = Path(__file__).parent / "scripts" / "stream_ddp.py"
 
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-
-
 def _run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=RECIPE_ENV, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-
-
-def _launch_two(script, *args, port):
-    """`script ARGS` on two gloo processes: accelerate 1.15 runs `--cpu --num_processes 2` as ONE process without
-    mpirun; `--multi_gpu` uses torchrun."""
-    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-          str(script), *map(str, args)])  # fmt: skip
 
 
 @pytest.mark.slow
@@ -39,7 +28,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     single.mkdir(), ddp.mkdir()
     _run([sys.executable, str(SCRIPT), str(single), "8"])
-    _launch_two(SCRIPT, ddp, 4, port=29517)
+    launch_two(SCRIPT, ddp, 4, port=29517)
 
     reference = load_file(str(single / "rank0.safetensors"))
     rank0, rank1 = load_file(str(ddp / "rank0.safetensors")), load_file(str(ddp / "rank1.safetensors"))
@@ -51,7 +40,7 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
 @pytest.mark.slow
 def test_ddk_two_processes_share_weights_and_split_one_stream(tmp_path):
-    _launch_two(DDK_SCRIPT, tmp_path, port=29518)
+    launch_two(DDK_SCRIPT, tmp_path, port=29518)
     rank0, rank1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
     # identical weights after every update (3 updates in 6 steps), on both processes
@@ -84,7 +73,7 @@ def test_fsdp2_teacher_is_sharded_per_block_in_eval_mode_and_computes_the_same_l
 
 @pytest.mark.slow
 def test_ddk_on_a_stream_two_processes_share_the_draws_read_their_own_parts_and_resume_exactly(tmp_path):
-    _launch_two(STREAM_SCRIPT, tmp_path, port=29520)
+    launch_two(STREAM_SCRIPT, tmp_path, port=29520)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     full = [r["full"] for r in ranks]
     assert full[0]["world_size"] == 2 and len(full[0]["updates"]) == 3

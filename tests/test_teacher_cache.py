@@ -3,12 +3,13 @@ training with the live teacher at k = vocab (with padding), and clear errors for
 
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PadCollator, make_config
+from conftest import PadCollator, launch_two, make_config
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -131,6 +132,39 @@ def test_loading_never_unpickles(tmp_path, demo, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     cache = TeacherCache(str(tmp_path / "c"))
     assert cache.lookup(3)[0].shape == (len(data[3]["input_ids"]), 4)
+
+
+@pytest.mark.slow
+def test_a_two_process_build_equals_the_one_process_build_and_an_interrupted_one_is_refused(tmp_path):
+    script = Path(__file__).parent / "scripts" / "cache_build.py"
+    launch_two(script, tmp_path / "two", port=29521)
+    sys.path.insert(0, str(script.parent))
+    from cache_build import cache_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(DEMO / "student")
+    single = build_teacher_cache(_teacher(), cache_rows(tokenizer), str(tmp_path / "one"), tokenizer, k=5,
+                                 batch_size=4, examples_per_shard=5)  # fmt: skip
+    double = json.loads((tmp_path / "two" / "cache" / "manifest.json").read_text())
+    assert {k: v for k, v in double.items() if k != "shards"} == {k: v for k, v in single.items() if k != "shards"}
+    # each process wrote its own shards of its contiguous share (examples 0-10 and 11-22); no record is left over
+    assert [(s["file"][:10], s["first_example"]) for s in double["shards"]] == [
+        ("shard-r000", 0), ("shard-r000", 5), ("shard-r000", 10), ("shard-r001", 11), ("shard-r001", 16),
+        ("shard-r001", 21),
+    ]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "two" / "cache").iterdir() if not p.name.startswith("shard-")) == [
+        "manifest.json"
+    ]
+    one, two = TeacherCache(str(tmp_path / "one")), TeacherCache(str(tmp_path / "two" / "cache"))
+    for i in range(single["num_examples"]):
+        (v1, i1), (v2, i2) = one.lookup(i), two.lookup(i)
+        torch.testing.assert_close(v2, v1, rtol=1e-5, atol=1e-5)
+        assert torch.equal(i1, i2), i
+
+    failed = launch_two(script, tmp_path / "stopped", "fail", port=29522, check=False)
+    assert failed.returncode != 0 and "process 1 stopped before writing its record" in failed.stderr
+    assert any((tmp_path / "stopped" / "cache").glob("shard-r000-*.safetensors"))  # shards, but no manifest
+    with pytest.raises(ValueError, match="has no manifest.json: build it with build_teacher_cache"):
+        TeacherCache(str(tmp_path / "stopped" / "cache"))
 
 
 def test_an_existing_directory_is_not_overwritten(tmp_path, demo):
