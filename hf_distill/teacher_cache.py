@@ -132,24 +132,23 @@ def build_teacher_cache(
             logprobs = F.log_softmax(logits[b, positions, :vocab].float() / temperature, dim=-1)
             writer.add(first + b, *logprobs.topk(k, dim=-1), last=first + b == stop - 1)
     shards, tokens = _gather_shards(output_dir, rank, processes, writer)
-    manifest = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "teacher": teacher_name or getattr(teacher, "name_or_path", None) or type(teacher).__name__,
-        "tokenizer_hash": tokenizer_hash(tokenizer),
-        "k": k,
-        "temperature": float(temperature),
-        "vocab_size": vocab,
-        "dtype": str(dtype).removeprefix("torch."),
-        "num_examples": n,
-        "num_tokens": tokens,
-        "dataset_fingerprint": dataset_fingerprint(row["input_ids"] for row in dataset),
-        "shards": shards,
-    }
-    if rank == 0:
-        _write_manifest(output_dir, manifest)
+    if rank == 0:  # the one manifest, written last; the other processes read it once it exists
+        _write_manifest(output_dir, {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "teacher": teacher_name or getattr(teacher, "name_or_path", None) or type(teacher).__name__,
+            "tokenizer_hash": tokenizer_hash(tokenizer),
+            "k": k,
+            "temperature": float(temperature),
+            "vocab_size": vocab,
+            "dtype": str(dtype).removeprefix("torch."),
+            "num_examples": n,
+            "num_tokens": tokens,
+            "dataset_fingerprint": dataset_fingerprint(row["input_ids"] for row in dataset),
+            "shards": shards,
+        })  # fmt: skip
     _barrier(processes)  # no process returns before the cache is usable
-    return manifest
+    return json.loads(read_text_file(os.path.join(output_dir, MANIFEST)))
 
 
 def _process() -> tuple[int, int]:
@@ -165,21 +164,25 @@ def _barrier(processes: int) -> None:
 
 
 def _gather_shards(output_dir: str, rank: int, processes: int, writer: _ShardWriter) -> tuple[list[dict], int]:
-    """Every process's shard records, in example order, and the total token count: each process writes
-    `part-<rank>.json` once its shards are written, all read every record after a barrier, and each removes its own
-    after a second one. A process that fails before its record leaves the others at the barrier: no manifest."""
+    """On process 0, every process's shard records in example order and the total token count (elsewhere, this
+    process's own): each process writes `part-<rank>.json` once its shards are written; after a barrier process 0
+    reads and removes every record. A process that fails before its record leaves the others at the barrier: no
+    manifest is written."""
     if processes == 1:
         return writer.shards, writer.total_tokens
-    part = os.path.join(output_dir, f"part-{rank:03d}.json")
-    write_json_atomic(part, {"shards": writer.shards, "num_tokens": writer.total_tokens})
+    write_json_atomic(
+        os.path.join(output_dir, f"part-{rank:03d}.json"), {"shards": writer.shards, "num_tokens": writer.total_tokens}
+    )
     _barrier(processes)
+    if rank != 0:
+        return writer.shards, writer.total_tokens
     shards, tokens = [], 0
     for other in range(processes):
-        record = json.loads(read_text_file(os.path.join(output_dir, f"part-{other:03d}.json")))
+        part = os.path.join(output_dir, f"part-{other:03d}.json")
+        record = json.loads(read_text_file(part))
         shards += record["shards"]
         tokens += record["num_tokens"]
-    _barrier(processes)  # every process has read every record
-    os.remove(part)
+        os.remove(part)
     return shards, tokens
 
 

@@ -173,5 +173,5 @@ def test_the_architecture_page_maps_every_module_and_term():
     for method in overrides:
         assert method in vars(DistillationTrainer) and f"| `{method}` (override)" in page
     private = {name for name in vars(DistillationTrainer) if name.startswith("_") and not name.startswith("__")}
-    own = {"_adjust_args", "_attach_domains", "_metrics", "_data_seed"}  # hf_distill's own helpers
+    own = {"_adjust_args", "_attach_domains", "_metrics", "_data_seed", "_stream_state_path"}  # our own helpers
     assert {name for name in private - own if hasattr(Trainer, name)} == set(overrides)

@@ -143,3 +143,21 @@ def test_pack_texts_matches_a_plain_loop(tokenizer):
     assert packed["labels"] == packed["input_ids"] and all(sum(m) == 16 for m in packed["attention_mask"])
     with pytest.raises(ValueError, match="domain 'a' has fewer than block_size=4096 tokens"):
         pack_texts(data, tokenizer, block_size=4096)
+
+
+@pytest.mark.parametrize("kind", ["string", "class_label", "int"])
+def test_domain_ids_read_from_arrow_match_the_python_labels(kind):
+    from datasets import ClassLabel, Value
+
+    from hf_distill.ddk.data import domain_ids, domain_labels
+
+    labels = ["med", "law", "med", "code", "law", "med"]
+    data = Dataset.from_dict({"domain": labels, "text": [str(i) for i in range(6)]})
+    if kind == "class_label":  # ids whose order is not the names' sorted order; one class never used
+        data = data.cast_column("domain", ClassLabel(names=["med", "unused", "law", "code"]))
+    elif kind == "int":
+        data = data.map(lambda row: {"domain": len(row["domain"])}).cast_column("domain", Value("int64"))
+    data = data.select([5, 0, 3, 1, 4, 2])  # through an indices mapping
+    names, ids = domain_ids(data, "domain")
+    reference = domain_labels(data, "domain")
+    assert names == sorted(set(reference)) and [names[i] for i in ids] == reference

@@ -42,7 +42,8 @@ def domain_ids(dataset: Dataset, domain_column: str) -> tuple[list[str], np.ndar
     """
     feature = dataset.features[domain_column]
     if isinstance(feature, ClassLabel):
-        values = np.concatenate([[], *(b.to_numpy() for b in _arrow_batches(dataset, domain_column))]).astype(np.int64)
+        batches = (b.to_numpy().astype(np.int64) for b in _arrow_batches(dataset, domain_column))
+        values = np.concatenate([np.empty(0, dtype=np.int64), *batches])
         present = np.unique(values)
         names = sorted(feature.int2str(int(v)) for v in present)
         lookup = np.full(feature.num_classes, -1, dtype=np.int64)

@@ -328,6 +328,10 @@ class DistillationTrainer(Trainer):
     def _data_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
+    def _stream_state_path(self, checkpoint: str) -> str:
+        """This process's position in a [`DomainStream`], in `checkpoint`."""
+        return os.path.join(checkpoint, STREAM_STATE.format(self.accelerator.process_index))
+
     def get_train_dataloader(self) -> DataLoader:
         """
         A [`DomainStream`] training set: a fresh run of the stream on this process (restored from the checkpoint
@@ -341,7 +345,7 @@ class DistillationTrainer(Trainer):
         )
         resume = self._resuming_from
         if resume is not None:
-            path = os.path.join(resume, STREAM_STATE.format(self.accelerator.process_index))
+            path = self._stream_state_path(resume)
             if not os.path.isfile(path):
                 raise ValueError(
                     f"resume_from_checkpoint={resume!r} has no {os.path.basename(path)}: it was not written by a "
@@ -397,8 +401,7 @@ class DistillationTrainer(Trainer):
         state, which is written last and marks the checkpoint complete)."""
         super()._save_rng_state(output_dir)
         if isinstance(self.domain_sampler, StreamMixture):
-            path = os.path.join(output_dir, STREAM_STATE.format(self.accelerator.process_index))
-            write_json_atomic(path, self.domain_sampler.process_state())
+            write_json_atomic(self._stream_state_path(output_dir), self.domain_sampler.process_state())
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the student alone (`from_pretrained`-loadable); in a checkpoint also the learned projections. A
