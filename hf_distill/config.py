@@ -307,6 +307,10 @@ class DistillationConfig(TrainingArguments):
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if on_cpu and several and not torch.distributed.is_initialized():
             PartialState(cpu=True, backend=self.ddp_backend, timeout=timedelta(seconds=self.ddp_timeout))
+            if self.deepspeed:  # a DeepSpeed JSON: ZeRO-3's partitioned loading needs deepspeed.comm on that group
+                import deepspeed
+
+                deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=self.ddp_timeout))
         return TrainingArguments._setup_devices.func(self)
 
     @property

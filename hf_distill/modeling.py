@@ -117,7 +117,8 @@ def output_size(model: nn.Module, task: str) -> int:
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embeddings, so its logits cannot be distilled.")
-    return int(head.weight.shape[0])
+    # a DeepSpeed ZeRO-3 partitioned parameter is empty outside its engine; `ds_shape` is its full shape
+    return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
 
 
 def shared_vocab_size(student: nn.Module, teacher: nn.Module, task: str, tokenizer: Any = None) -> int:

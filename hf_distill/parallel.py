@@ -19,6 +19,27 @@ def shards_parameters(accelerator: Any) -> bool:
     return _uses_zero3(accelerator) or getattr(accelerator.state, "fsdp_plugin", None) is not None
 
 
+def check_engine_saves(accelerator: Any) -> None:
+    """
+    Refuse a DeepSpeed ZeRO-3 run that could not save a loadable student: without
+    `stage3_gather_16bit_weights_on_model_save` the Trainer's `save_model` writes no weights of a partitioned model.
+
+    Raises:
+        `ValueError`: naming the setting and how to turn it on.
+    """
+    if not _uses_zero3(accelerator):
+        return
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    gather = zero.get("stage3_gather_16bit_weights_on_model_save", False)
+    if gather is not True:
+        raise ValueError(
+            f"DeepSpeed ZeRO-3 with stage3_gather_16bit_weights_on_model_save={gather!r}: the student's parameters "
+            "stay partitioned and save_model would write no loadable student. Set it to true: "
+            "`zero3_save_16bit_model: true` in the accelerate config (as recipes/accelerate_configs/zero3.yaml), or "
+            "in a DeepSpeed JSON under zero_optimization."
+        )
+
+
 def _layer_classes(model: nn.Module) -> set[type]:
     names = set(getattr(model, "_no_split_modules", None) or [])
     return {type(m) for m in model.modules() if type(m).__name__ in names}

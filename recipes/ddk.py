@@ -420,6 +420,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Done: student saved to {where} (safetensors + tokenizer; results.json, README.md, ddk_weights.png)"
             f"{pushed}; {improved}{trainer.accelerator.num_processes} process(es)."
         )
+    # release the engines and the process group before the interpreter exits (else ZeRO-3 on gloo may abort at exit)
+    for engine in (trainer.model_wrapped, trainer.teacher):
+        if hasattr(engine, "destroy"):
+            engine.destroy()
+    trainer.accelerator.end_training()
     return summary
 
 

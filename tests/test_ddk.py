@@ -364,3 +364,32 @@ def test_logged_weights_are_the_papers_update_on_independently_measured_perplexi
             assert log[f"ddk/ratio/{name}"] == pytest.approx(ratio[i], rel=1e-4)
             assert log[f"ddk/weight/{name}"] == pytest.approx(weights[i], rel=1e-4)
     assert trainer.domain_sampler.weights == pytest.approx(list(weights), rel=1e-4)
+
+
+def test_under_sharded_parameters_every_process_runs_as_many_evaluation_batches_and_fillers_count_nothing(
+    tmp_path, monkeypatch
+):
+    # ZeRO-3 / FSDP gather parameters in every forward: a process that ran fewer batches would leave the others waiting
+    import copy
+    from types import SimpleNamespace
+
+    trainer = small_ddk_trainer(tmp_path)
+    evaluator = trainer.domain_evaluator
+    data = {name: domain_datasets(40, seed=2)[name] for name in DOMAINS}  # 40 rows, batch 8: 5 batches, 3 + 2
+
+    def collated(rank, sharded):
+        monkeypatch.setattr("hf_distill.ddk.evaluator.shards_parameters", lambda accelerator: sharded)
+        shard = copy.copy(evaluator)
+        shard.accelerator = SimpleNamespace(num_processes=2, process_index=rank, device=torch.device("cpu"))
+        return shard.collate(data)
+
+    assert [len(b) for b in collated(0, False)] == [3] * 3 and [len(b) for b in collated(1, False)] == [2] * 3
+    own, padded = collated(1, False), collated(1, True)
+    assert [len(b) for b in padded] == [len(b) for b in collated(0, True)] == [3] * 3
+    for kept, batches in zip(own, padded, strict=True):
+        for a, b in zip(kept, batches[: len(kept)], strict=True):  # this process's own batches first, unchanged
+            assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+        filler = batches[-1]
+        assert filler["input_ids"].shape[0] == 8 and (filler["labels"] == -100).all()
+        loss, count = evaluator.token_cross_entropy(trainer.model, filler)
+        assert loss.item() == 0.0 and count.item() == 0

@@ -177,3 +177,21 @@ def test_the_module_copies_and_pickles(config_factory):
         assert clone.config.hidden_size == 16
         for key, value in module.state_dict().items():
             assert torch.equal(clone.state_dict()[key], value), key
+
+
+def test_projections_start_from_the_seed_whatever_the_global_generator_drew(config_factory):
+    # engines load models differently (DeepSpeed's loading draws other random numbers than DDP's): the projections
+    # must not depend on it, or the processes and engines would train from different starting points
+    def projections(draws, seed=0):
+        student, teacher = tiny_llama(hidden=16), tiny_llama(hidden=32)
+        torch.rand(draws)  # what loading drew after the models were built
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=config_factory(hidden_weight=1.0, seed=seed),
+            train_dataset=lm_dataset(), data_collator=PadCollator(),
+        )  # fmt: skip
+        return {k: v.clone() for k, v in trainer.model.projections.state_dict().items()}
+
+    first, second, other_seed = projections(0), projections(1000), projections(0, seed=1)
+    assert first and first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)

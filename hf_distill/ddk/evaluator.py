@@ -11,6 +11,7 @@ from accelerate.utils import send_to_device
 from datasets import Dataset
 
 from ..losses import cross_entropy_loss
+from ..parallel import shards_parameters
 from .data import DOMAIN_IDS
 
 Batches = list[list[dict[str, Any]]]
@@ -22,7 +23,9 @@ class DomainEvaluator:
     the quantity DDK compares and the recipe's per-domain table shows (`exp` of it is the perplexity).
 
     Each process collates its share of every domain's examples (rows `i` with `(i // batch_size) % processes ==
-    rank`), runs the model without gradients, and the sums are added over processes in float64.
+    rank`), runs the model without gradients, and the sums are added over processes in float64. When the backend
+    shards parameters (ZeRO-3, FSDP) every process runs the same number of batches (the short ones add batches whose
+    labels are all ignored).
 
     Args:
         collator (`Callable`): The training data collator (domain ids are dropped from its batches).
@@ -65,10 +68,21 @@ class DomainEvaluator:
                 dataset = self.prepare_dataset(dataset)
                 take = len(dataset) if max_batches is None else min(len(dataset), max_batches * size * processes)
                 rows = [i for i in range(take) if (i // size) % processes == rank]
-                batches.append(
-                    [self.collator([dataset[i] for i in rows[k : k + size]]) for k in range(0, len(rows), size)]
-                )
+                own = [self.collator([dataset[i] for i in rows[k : k + size]]) for k in range(0, len(rows), size)]
+                if shards_parameters(self.accelerator):  # every process must run as many forwards as the others
+                    own += self._fillers(dataset, -(-take // (size * processes)) - len(own))
+                batches.append(own)
         return batches
+
+    def _fillers(self, dataset: Dataset, count: int) -> list[dict[str, Any]]:
+        """`count` batches that count nothing (the domain's first rows, every label ignored): under ZeRO-3 / FSDP
+        each forward gathers parameters from all processes, so a process with fewer batches runs these instead."""
+        if count <= 0:
+            return []
+        batch = self.collator([dataset[i] for i in range(min(len(dataset), self.batch_size))])
+        if "labels" in batch:
+            batch["labels"] = torch.full_like(batch["labels"], -100)
+        return [batch] * count
 
     @torch.inference_mode()
     def token_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,11 @@ def layer_pairs_and_projections(
         check_attentions_available(teacher, "teacher")
     projections = None
     if args.matches_hidden_states:
-        projections = HiddenProjector([s for s, _ in pairs], hidden_size(student), hidden_size(teacher))
+        # initialised from the seed alone: every process and engine starts from the same projections, whatever the
+        # models' loading drew from the global generator (DeepSpeed's loading draws differently from DDP's)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            projections = HiddenProjector([s for s, _ in pairs], hidden_size(student), hidden_size(teacher))
     return pairs, projections
 
 

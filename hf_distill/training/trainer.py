@@ -29,6 +29,7 @@ from ..ddk.stream import StreamMixture
 from ..files import write_json_atomic
 from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
+from ..parallel import check_engine_saves
 from ..teacher_cache import TeacherCacheCollator
 from .checkpoints import CHECKPOINT_FOLDER, checkpoint_problem, last_complete_checkpoint
 from .computer import TermComputer
@@ -131,6 +132,7 @@ class DistillationTrainer(Trainer):
         if args.label_names is None:  # the student's label arguments, not those of the student module
             self.label_names = find_labels(type(base_model(student)))
         self.can_return_loss = True  # evaluation computes the distillation loss, also on data without labels
+        check_engine_saves(self.accelerator)
         self.teacher_setup.check_sharded_backend(self.accelerator, args)
         self.teacher_setup.place(self.accelerator)
         if self.teacher_setup.cache is not None:

@@ -1,0 +1,187 @@
+"""The recipe under the engines users scale to, on 2 CPU processes: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (configs made
+from the shipped GPU ones with `use_cpu`; ZeRO-3 also from a DeepSpeed JSON through `--deepspeed`), on the demo
+models with logit KD + hidden states through projections of another width + DDK. The runs must agree; ZeRO-3 must
+partition the teacher, resume exactly and save one consolidated student."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import RECIPE_ENV, ROOT
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from hf_distill import PROJECTOR_NAME
+from hf_distill.parallel import check_engine_saves
+
+if os.environ.get("CI", "").lower() != "true":  # CI installs the `deepspeed` extra: there these tests must run
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install -e '.[deepspeed]'")
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).parent / "scripts" / "engine_recipe.py"
+CONFIGS = ROOT / "recipes" / "accelerate_configs"
+STEPS, SAVE = 12, 6
+RECIPE_ARGS = ["--max_steps", STEPS, "--ddk_update_steps", 6, "--hidden_weight", 1.0, "--logging_steps", 1,
+               "--save_strategy", "steps", "--save_steps", SAVE, "--disable_tqdm", "true"]  # fmt: skip
+# DeepSpeed JIT-compiles a communication op on first use: keep it between runs in the checkout (git-ignored)
+ENV = {**RECIPE_ENV, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch"))}
+TOLERANCE = 1e-5  # relative, on losses and DDK weights (float32; the engines reduce gradients in other orders)
+PORTS = {"ddp": 29541, "zero2": 29542, "zero3": 29543, "zero3-json": 29544, "zero3-resumed": 29545}
+ZERO3_JSON = {
+    "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+    **dict.fromkeys(["train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps"], "auto"),
+    "gradient_clipping": "auto",
+}
+
+
+def cpu_config(name: str, folder: Path) -> Path:
+    """The shipped accelerate config `name` for 2 CPU processes (gloo), in full precision."""
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    config.update(use_cpu=True, num_processes=2, mixed_precision="no")
+    path = folder / f"{name}-cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(engine: str, config: Path, out: Path, *extra) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "--main_process_port", str(PORTS[engine]), str(SCRIPT), "--output_dir", str(out),
+               *map(str, RECIPE_ARGS), *map(str, extra)]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads((out / f"engine-rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def ddk_weights(record: dict) -> list[str]:
+    """The logged DDK weight keys (one per domain)."""
+    return sorted({k for h in record["log_history"] for k in h if k.startswith("ddk/weight/")})
+
+
+def logged(record: dict, key: str) -> dict[int, float]:
+    """`key` at each logged step (training losses or DDK weights)."""
+    return {h["step"]: h[key] for h in record["log_history"] if key in h}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same short run under DDP (the shipped cpu.yaml), ZeRO-2 and ZeRO-3: {engine: (output dir, output)}."""
+    folder = tmp_path_factory.mktemp("engines")
+    ds_json = folder / "zero3.json"  # the other way in: a DeepSpeed JSON through `--deepspeed` (on the DDP launch)
+    ds_json.write_text(json.dumps(ZERO3_JSON))
+    runs = {
+        "ddp": (CONFIGS / "cpu.yaml", []),
+        "zero2": (cpu_config("zero2", folder), []),
+        "zero3": (cpu_config("zero3", folder), []),
+        "zero3-json": (CONFIGS / "cpu.yaml", ["--deepspeed", ds_json]),
+    }
+    result = {}
+    for engine, (config, extra) in runs.items():
+        out = folder / engine
+        proc = launch(engine, config, out, *extra)
+        result[engine] = SimpleNamespace(out=out, log=proc.stdout + proc.stderr, config=config)
+    return result
+
+
+def test_zero3_partitions_the_teacher_and_trains_the_student_with_its_projections_only(runs):
+    for engine, run in runs.items():
+        ranks = records(run.out)
+        for record in ranks:
+            assert record["world_size"] == 2
+            teacher = record["teacher"]
+            if engine.startswith("zero3"):  # each process holds about half of the teacher's parameters
+                assert 0.45 < teacher["held"] / teacher["total"] < 0.55, teacher
+                # the teacher's engine only manages partitioned parameters: no optimizer, nothing trained
+                assert record["teacher_optimizer"] == "DeepSpeedZeRoOffload"
+            else:  # DDP / ZeRO-2: one full copy per process
+                assert teacher["held"] == teacher["total"] and record["teacher_optimizer"] == "NoneType"
+            assert record["engine"] == ("DistributedDataParallel" if engine == "ddp" else "DeepSpeedEngine")
+            assert record["trained_modules"] == ["projections", "student"]  # widths 64 -> 128: learned projections
+            assert not record["trained_shares_teacher"] and not record["teacher_requires_grad"]
+        for key in ["loss", "grad_norm", *ddk_weights(ranks[0])]:  # both processes log the same (not timings)
+            assert logged(ranks[0], key) == logged(ranks[1], key), (engine, key)
+    total = records(runs["zero3"].out)[0]["teacher"]["total"]
+    teacher = AutoModelForCausalLM.from_pretrained(ROOT / "recipes" / "demo" / "teacher")
+    assert total == sum(p.numel() for p in teacher.parameters())
+
+
+def test_ddp_zero2_and_zero3_both_ways_log_the_same_losses_and_ddk_weights_and_train_the_same_student(runs):
+    reference = records(runs["ddp"].out)[0]
+    losses = ["loss", "loss_ce", "loss_kd", "loss_hidden"]
+    weights = ddk_weights(reference)
+    assert len(weights) == 4 and sorted(logged(reference, weights[0])) == [6, 12]
+    assert sorted(logged(reference, "loss")) == list(range(1, STEPS + 1))
+    student = load_file(str(runs["ddp"].out / "model.safetensors"))
+    for engine in ("zero2", "zero3", "zero3-json"):
+        record = records(runs[engine].out)[0]
+        for key in losses + weights:
+            expected = logged(reference, key)
+            assert logged(record, key) == pytest.approx(expected, rel=TOLERANCE), (engine, key)
+        trained = load_file(str(runs[engine].out / "model.safetensors"))
+        assert trained.keys() == student.keys()
+        for name, value in student.items():
+            torch.testing.assert_close(trained[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=f"{engine} {name}")
+    # and the run did learn: the last loss is well below the first
+    assert logged(reference, "loss")[STEPS] < 0.8 * logged(reference, "loss")[1]
+
+
+def test_zero3_saves_one_consolidated_student_equal_to_the_engines_gathered_parameters(runs):
+    out = runs["zero3"].out
+    gathered = load_file(str(out / "gathered.safetensors"))
+    student = AutoModelForCausalLM.from_pretrained(out)
+    saved = student.state_dict()
+    assert saved.keys() == gathered.keys()
+    for name, value in gathered.items():
+        assert torch.equal(saved[name], value), name
+    stored = load_file(str(out / "model.safetensors"))  # the student alone: no teacher, no projections
+    fresh = AutoModelForCausalLM.from_pretrained(ROOT / "recipes" / "demo" / "student").state_dict()
+    assert stored.keys() <= fresh.keys() and not (out / PROJECTOR_NAME).exists()
+    # checkpoints also hold the projections (for resume), outside the student's weights
+    assert (out / f"checkpoint-{SAVE}" / PROJECTOR_NAME).is_file()
+
+
+def test_zero3_resumed_from_a_checkpoint_continues_as_the_uninterrupted_run(runs, tmp_path):
+    full = runs["zero3"]
+    out = tmp_path / "resumed"
+    out.mkdir()
+    subprocess.run(["cp", "-r", str(full.out / f"checkpoint-{SAVE}"), str(out)], check=True)
+    launch("zero3-resumed", full.config, out, "--resume_from_checkpoint", "true")
+    resumed, uninterrupted = records(out)[0], records(full.out)[0]
+    weights = ddk_weights(uninterrupted)
+    for key in ["loss", "loss_kd", "loss_hidden", "grad_norm", *weights]:
+        after = {s: v for s, v in logged(uninterrupted, key).items() if s > SAVE}
+        assert after, key
+        assert {s: v for s, v in logged(resumed, key).items() if s > SAVE} == pytest.approx(after, rel=TOLERANCE)
+    first, again = load_file(str(full.out / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for name, value in first.items():
+        torch.testing.assert_close(again[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
+
+
+def test_under_zero3_the_fused_logit_loss_falls_back_with_one_line(runs):
+    line = "logit_loss='auto': the output heads are sharded, so CE and logit KD use the logits."
+    assert runs["zero3"].log.count(line) == 1 and runs["zero3-json"].log.count(line) == 1
+    assert line not in runs["zero2"].log and line not in runs["ddp"].log
+
+
+def _zero3_accelerator(zero: dict) -> SimpleNamespace:
+    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 3, **zero}})
+    return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+def test_zero3_without_a_consolidated_save_is_refused_before_training():
+    with pytest.raises(ValueError, match=r"stage3_gather_16bit_weights_on_model_save=False.*zero3_save_16bit_model"):
+        check_engine_saves(_zero3_accelerator({}))
+    check_engine_saves(_zero3_accelerator({"stage3_gather_16bit_weights_on_model_save": True}))
+    shipped = yaml.safe_load((CONFIGS / "zero3.yaml").read_text())["deepspeed_config"]
+    assert shipped["zero3_save_16bit_model"] is True
