@@ -25,7 +25,6 @@ from hf_distill.parallel import check_engine_saves
 if os.environ.get("CI", "").lower() != "true":  # CI installs the `deepspeed` extra: there these tests must run
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install -e '.[deepspeed]'")
 
-pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts" / "engine_recipe.py"
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
 STEPS, SAVE = 12, 6
@@ -94,6 +93,7 @@ def runs(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_zero3_partitions_the_teacher_and_trains_the_student_with_its_projections_only(runs):
     for engine, run in runs.items():
         ranks = records(run.out)
@@ -116,6 +116,7 @@ def test_zero3_partitions_the_teacher_and_trains_the_student_with_its_projection
     assert total == sum(p.numel() for p in teacher.parameters())
 
 
+@pytest.mark.slow
 def test_ddp_zero2_and_zero3_both_ways_log_the_same_losses_and_ddk_weights_and_train_the_same_student(runs):
     reference = records(runs["ddp"].out)[0]
     losses = ["loss", "loss_ce", "loss_kd", "loss_hidden"]
@@ -136,6 +137,7 @@ def test_ddp_zero2_and_zero3_both_ways_log_the_same_losses_and_ddk_weights_and_t
     assert logged(reference, "loss")[STEPS] < 0.8 * logged(reference, "loss")[1]
 
 
+@pytest.mark.slow
 def test_zero3_saves_one_consolidated_student_equal_to_the_engines_gathered_parameters(runs):
     out = runs["zero3"].out
     gathered = load_file(str(out / "gathered.safetensors"))
@@ -151,6 +153,7 @@ def test_zero3_saves_one_consolidated_student_equal_to_the_engines_gathered_para
     assert (out / f"checkpoint-{SAVE}" / PROJECTOR_NAME).is_file()
 
 
+@pytest.mark.slow
 def test_zero3_resumed_from_a_checkpoint_continues_as_the_uninterrupted_run(runs, tmp_path):
     full = runs["zero3"]
     out = tmp_path / "resumed"
@@ -168,6 +171,7 @@ def test_zero3_resumed_from_a_checkpoint_continues_as_the_uninterrupted_run(runs
         torch.testing.assert_close(again[name], value, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
 
 
+@pytest.mark.slow
 def test_under_zero3_the_fused_logit_loss_falls_back_with_one_line(runs):
     line = "logit_loss='auto': the output heads are sharded, so CE and logit KD use the logits."
     assert runs["zero3"].log.count(line) == 1 and runs["zero3-json"].log.count(line) == 1
