@@ -44,7 +44,7 @@ def main() -> None:
     train = DistillationTrainer.train
 
     def recorded_train(self, *args, **kwargs):
-        teacher = self.teacher.module if hasattr(self.teacher, "optimizer") else self.teacher
+        teacher = getattr(self.teacher, "module", self.teacher)  # inside a ZeRO-3 inference engine
         before = _held(teacher.parameters())
         result = train(self, *args, **kwargs)
         engine = self.model_wrapped
