@@ -5,10 +5,10 @@
     python3 run.py test [ARGS...]   # the test suite (python -m pytest -q ARGS)
     python3 run.py lint             # ruff check + ruff format --check (what CI runs before the tests)
 
-Each verb first makes sure `.venv/` exists and holds the pinned CPU build of torch and this package with its test,
-dev and deepspeed extras; that is done once and redone only when setup.cfg, pyproject.toml or the torch pin change
-(a stamp in `.venv/` records what was installed), so a second call starts at once. Users who manage their own
-environment install with `pip install torch==2.13.0 && pip install -e ".[test,deepspeed]"` and run the commands
+Each verb first makes sure `.venv/` exists and holds the pinned CPU build of torch and this package with its test, dev,
+deepspeed and bench (TRL) extras; that is done once and redone only when setup.cfg, pyproject.toml or the torch pin
+change (a stamp in `.venv/` records what was installed), so a second call starts at once. Users who manage their own
+environment install with `pip install torch==2.13.0 && pip install -e ".[test,deepspeed,bench]"` and run the commands
 directly.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"  # the CPU build; an unpinned torch can pull a multi-GB CUDA build
-EXTRAS = ".[test,dev,deepspeed]"  # deepspeed: the ZeRO-2/3 runs of the suite
+EXTRAS = ".[test,dev,deepspeed,bench]"  # deepspeed: the ZeRO-2/3 runs of the suite; bench: TRL, the reference tests
 STAMP = VENV / ".hf_distill-setup"
 VERBS = {
     "demo": ["-m", "accelerate.commands.launch", "recipes/ddk.py"],

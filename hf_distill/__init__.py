@@ -2,6 +2,7 @@
 
 from .alignment import parse_layer_map, resolve_layer_map
 from .config import DistillationConfig
+from .cross_tokenizer import CrossTokenizerCollator
 from .ddk import (
     DDKCallback,
     DomainCollator,
@@ -24,8 +25,10 @@ from .losses import (
     pool_word_states,
     sparse_distillation_loss,
     token_divergence,
+    uld_loss,
     word_attention_maps,
 )
+from .on_policy import PromptCompletionCollator
 from .teacher_cache import TeacherCache, TeacherCacheCollator, build_teacher_cache
 from .terms import LossTerm, TermInputs, register_loss_term, registered_terms, unregister_loss_term
 from .training import (
@@ -42,6 +45,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "PROJECTOR_NAME",
+    "CrossTokenizerCollator",
     "DDKCallback",
     "DistillationConfig",
     "DistillationStudent",
@@ -56,6 +60,7 @@ __all__ = [
     "HiddenProjector",
     "LossTerm",
     "NonFiniteError",
+    "PromptCompletionCollator",
     "TeacherCache",
     "TeacherCacheCollator",
     "TermInputs",
@@ -78,6 +83,7 @@ __all__ = [
     "resolve_layer_map",
     "split_by_domain",
     "token_divergence",
+    "uld_loss",
     "unregister_loss_term",
     "word_attention_maps",
 ]

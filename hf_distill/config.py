@@ -18,6 +18,7 @@ from .terms import LossTerm, active_terms, check_weights, registered_terms
 from .terms.registry import (
     ATTENTIONS,
     LABELS,
+    LOGITS,
     PROJECTIONS,
     TEACHER,
     TEACHER_CACHE,
@@ -43,6 +44,11 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "ddk_update_steps": NumberRule(low=1, hint="optimizer steps between DDK updates; None keeps the mixture fixed"),
     "ddk_alpha": NumberRule(low=0, high=1, hint="0.5 is DDK's value"),
     "ddk_eval_batches": NumberRule(low=1),
+    "lmbda": NumberRule(low=0, high=1, hint="the share of on-policy batches: 0 off-policy, 1 fully on-policy"),
+    "max_new_tokens": NumberRule(low=1),
+    "generation_temperature": NumberRule(low=0, high=100, hint="0 is greedy decoding, 1 samples the model as is"),
+    "generation_top_k": NumberRule(low=0, hint="0 keeps every token"),
+    "generation_top_p": NumberRule(low=0, high=1, low_open=True, hint="1 keeps every token"),
 }
 
 
@@ -155,6 +161,35 @@ class DistillationConfig(TrainingArguments):
             "whole cache once); False starts faster on a large cache and still checks paths, sizes and values."
         },
     )
+    uld_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the cross-tokenizer logit term (ULD: the L1 distance between the sorted next-token "
+            "probabilities of student and teacher, each on its own tokenization of the same text); for a teacher "
+            "with another vocabulary; needs batches from CrossTokenizerCollator."
+        },
+    )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "On-policy distillation (GKD): probability that a training batch's completions are sampled from "
+            "the student itself (then scored by the teacher); needs prompt/completion batches "
+            "(PromptCompletionCollator). 0 trains on the data's completions only."
+        },
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={"help": "GKD: the batches that are not on-policy train on teacher-generated completions."},
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Longest generated completion (on-policy and seq_kd batches)."}
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of generated completions (0: greedy); the loss uses `temperature`."},
+    )
+    generation_top_k: int = field(default=0, metadata={"help": "Top-k sampling of completions (0: off)."})
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of completions (1: off)."})
     task: str = field(
         default="auto",
         metadata={
@@ -237,6 +272,7 @@ class DistillationConfig(TrainingArguments):
         parse_layer_map(self.layer_map)
         self._check_ddk()
         self._check_teacher_cache(terms)
+        self._check_on_policy(terms)
 
     def _check_dsg_kd(self, terms: list[LossTerm]) -> None:
         """Terms whose teacher reads its own tokenization cannot be mixed with terms on the student's tokens."""
@@ -248,9 +284,36 @@ class DistillationConfig(TrainingArguments):
             f"{name}=0 (now {getattr(self, name)})" for name in dict.fromkeys(t.weight for t in token_terms)
         )
         raise ValueError(
-            f"DistillationConfig: {format_weights(word_terms, self, ' / ')} turn on DSG-KD, whose teacher reads its "
-            f"own tokenization, so its logits and token positions do not match the student's; set {fix}."
+            f"DistillationConfig: {format_weights(word_terms, self, ' / ')} turn on DSG-KD / cross-tokenizer terms, "
+            f"whose teacher reads its own tokenization, so its logits and token positions do not match the student's; "
+            f"set {fix}."
         )
+
+    def _check_on_policy(self, terms: list[LossTerm]) -> None:
+        """Generated batches are scored by a live teacher on the student's tokens."""
+        if not (self.lmbda > 0 or self.seq_kd):
+            return
+        setting = f"lmbda={self.lmbda}, seq_kd={self.seq_kd}"
+        if self.teacher_cache is not None:
+            raise ValueError(
+                f"DistillationConfig: {setting} generates completions, which teacher_cache={self.teacher_cache!r} "
+                "(the teacher's outputs on fixed inputs) cannot score: use a live teacher, or lmbda=0, seq_kd=False."
+            )
+        if any(TEACHER_INPUTS in t.needs for t in terms):
+            readers = [t for t in terms if TEACHER_INPUTS in t.needs]
+            raise ValueError(
+                f"DistillationConfig: {setting} with {format_weights(readers, self)}: the teacher would need its own "
+                "tokenization of each generated completion, which is not supported; set lmbda=0 and seq_kd=False, "
+                "or those weights to 0."
+            )
+        if not any(LOGITS in t.needs and TEACHER in t.needs for t in terms):
+            readers = weight_names(
+                t for t in registered_terms() if {LOGITS, TEACHER} <= t.needs and TEACHER_INPUTS not in t.needs
+            )
+            raise ValueError(
+                f"DistillationConfig: {setting} trains on generated completions scored by the teacher's logits, but "
+                f"no logit term against a live teacher is on: set {' or '.join(readers)} > 0."
+            )
 
     def _check_teacher_cache(self, terms: list[LossTerm]) -> None:
         if self.teacher_cache is None:
@@ -279,6 +342,12 @@ class DistillationConfig(TrainingArguments):
             )
 
     def _check_ddk(self) -> None:
+        if self.ddk_update_steps is not None and self.dsg_kd:
+            raise ValueError(
+                f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} with a teacher that reads its own "
+                "tokenization (DSG-KD / cross-tokenizer terms): DDK measures the teacher's cross-entropy on the "
+                "student's tokens, which it cannot read; set ddk_update_steps=None."
+            )
         if self.ddk_update_steps is not None and 0 < self.max_steps < self.ddk_update_steps:
             logger.warning(
                 f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} > max_steps={self.max_steps}: DDK "

@@ -121,6 +121,13 @@ def output_size(model: nn.Module, task: str) -> int:
     return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
 
 
+CROSS_TOKENIZER_HINT = (
+    "For a teacher with another tokenizer use the cross-tokenizer term: gamma=0, uld_weight > 0 and "
+    "CrossTokenizerCollator(tokenizer, teacher_tokenizer) as data_collator (README: Teachers with another tokenizer); "
+    "or set gamma=0."
+)
+
+
 def shared_vocab_size(student: nn.Module, teacher: nn.Module, task: str, tokenizer: Any = None) -> int:
     """
     Size of the logit dimension that student and teacher share.
@@ -144,15 +151,14 @@ def shared_vocab_size(student: nn.Module, teacher: nn.Module, task: str, tokeniz
             raise ValueError(
                 f"Vocab mismatch: student vocab {n_student} != teacher vocab {n_teacher}. If they differ only by "
                 "padding rows, pass the tokenizer as `processing_class` so the shared real vocabulary is known; "
-                "otherwise the teacher and student need the same tokenizer (or set gamma=0)."
+                f"otherwise logit KD needs the same tokenizer. {CROSS_TOKENIZER_HINT}"
             )
         return n_student
     real = len(tokenizer)
     if real > n_student or real > n_teacher:
         raise ValueError(
             f"Vocab mismatch: the tokenizer has {real} tokens but the student has {n_student} output rows and the "
-            f"teacher {n_teacher}; logit distillation needs a teacher and student sharing this tokenizer "
-            "(or set gamma=0)."
+            f"teacher {n_teacher}; logit KD needs a teacher and student sharing this tokenizer. {CROSS_TOKENIZER_HINT}"
         )
     return real
 

@@ -52,9 +52,10 @@ from hf_distill.recipe_tools.cli import (
     parse_recipe_args,
     show_progress,
     warn_command_line_token,
+    with_cpu_processes,
 )
 from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
-from hf_distill.recipe_tools.publish import fail, save_then_push
+from hf_distill.recipe_tools.publish import fail, release_engines, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.recipe_tools.streaming import hold_out_stream, stream_domain_sources
 from hf_distill.validation import SEED, NumberRule, check_numbers
@@ -130,11 +131,6 @@ SCRIPT_NUMBER_RULES = {
 }
 
 
-def _has_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-
-
 def _local(path: str | None) -> str | None:
     """A relative path that does not exist from here but does from the repository root is taken from there."""
     if path and not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
@@ -187,9 +183,7 @@ def _check_tokenizers(script: ScriptArguments, student_tokenizer: Any) -> None:
 
 def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArguments, dict[str, Any]]:
     """Everything before training: arguments, data, models and the trainer. Bad input raises [`RecipeError`]."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
-        argv = ["--use_cpu", "true", *argv]  # e.g. accelerate_configs/cpu.yaml: several processes on CPU (gloo)
+    argv = with_cpu_processes(sys.argv[1:] if argv is None else argv)
     try:
         script, args = parse_recipe_args((ScriptArguments, DistillationConfig), argv, DEFAULT_CONFIG)
     except ValueError as error:  # RecipeError, or a DistillationConfig / TrainingArguments check
@@ -420,11 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Done: student saved to {where} (safetensors + tokenizer; results.json, README.md, ddk_weights.png)"
             f"{pushed}; {improved}{trainer.accelerator.num_processes} process(es)."
         )
-    # release the engines and the process group before the interpreter exits (else ZeRO-3 on gloo may abort at exit)
-    for engine in (trainer.model_wrapped, trainer.teacher):
-        if hasattr(engine, "destroy"):
-            engine.destroy()
-    trainer.accelerator.end_training()
+    release_engines(trainer)  # before the interpreter exits (else ZeRO-3 on gloo may abort at exit)
     return summary
 
 

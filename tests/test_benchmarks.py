@@ -32,18 +32,21 @@ def test_ddk_overhead_benchmark_prints_its_table():
 def test_e2e_step_benchmark_prints_its_table():
     cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "e2e_step.py"), "--vocab", "300", "--student_hidden",
            "64", "--teacher_hidden", "64", "--teacher_layers", "2", "--batch", "2", "--length", "16", "--steps", "3",
-           "--warmup", "1", "--repeats", "1", "--device", "cpu"]  # fmt: skip
+           "--warmup", "1", "--repeats", "1", "--device", "cpu", "--new_tokens", "6"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("machine:") and "trl" in lines[0]
+    assert lines[0].startswith("machine:") and "trl" in lines[0] and "6 sampled tokens after 10-token" in lines[1]
     rows = {line.split()[0]: line.split() for line in lines[3:]}
-    assert set(rows) == {"student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd"}
-    assert float(rows["hf_distill"][2]) > 0 and rows["hf_distill"][-1].endswith("%")
-    if importlib.util.find_spec("trl") is not None:  # the bench extra; CI installs the test extra only
-        assert rows["trl-gkd"][-1].endswith("%")
-    else:
-        assert rows["trl-gkd"][1] == "skipped:"
+    assert set(rows) == {"student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd", "hf_distill-on-policy",
+                         "trl-gkd-on-policy"}  # fmt: skip
+    for row in ("hf_distill", "hf_distill-on-policy"):
+        assert float(rows[row][2]) > 0 and rows[row][-1].endswith("%")
+    for row in ("trl-gkd", "trl-gkd-on-policy"):
+        if importlib.util.find_spec("trl") is not None:  # the bench extra: CI installs it
+            assert rows[row][-1].endswith("%")
+        else:
+            assert rows[row][1] == "skipped:"
 
 
 def test_cache_speed_benchmark_prints_its_table():

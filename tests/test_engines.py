@@ -177,3 +177,25 @@ def test_zero3_without_a_consolidated_save_is_refused_before_training():
     check_engine_saves(_zero3_accelerator({"stage3_gather_16bit_weights_on_model_save": True}))
     shipped = yaml.safe_load((CONFIGS / "zero3.yaml").read_text())["deepspeed_config"]
     assert shipped["zero3_save_16bit_model"] is True
+
+
+@pytest.mark.slow
+def test_on_policy_batches_are_generated_and_trained_under_zero3(tmp_path):
+    """`recipes/on_policy.py` with lmbda=1 under ZeRO-3: the partitioned student generates every batch (its layers'
+    parameters gathered as generation runs through them, `synced_gpus` so that both processes run as many forward
+    passes), the teacher scores it, and one consolidated student is saved."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cpu_config("zero3", tmp_path)),
+               "--main_process_port", "29545", str(ROOT / "recipes" / "on_policy.py"), "--output_dir", str(out),
+               "--max_steps", "6", "--lmbda", "1.0", "--logging_steps", "1", "--num_samples", "2",
+               "--per_device_train_batch_size", "4", "--max_new_tokens", "12"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads((out / "results.json").read_text())
+    logs = [h for h in results["log_history"] if "loss" in h]
+    assert [h["on_policy_share"] for h in logs] == [1.0] * 6
+    assert all(0 < h["generated_length"] <= 12 and h["loss_kd"] > 0 for h in logs)
+    assert list(results["perplexity"]) == ["teacher", "student-after"]  # student-before: not under ZeRO-3
+    assert all(s["student-after"] is not None for s in results["samples"])
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in student.parameters())

@@ -11,6 +11,7 @@ from accelerate.utils import send_to_device
 from datasets import Dataset
 
 from ..losses import cross_entropy_loss
+from ..on_policy.collator import PROMPT_KEYS
 from ..parallel import shards_parameters
 from .data import DOMAIN_IDS
 
@@ -93,7 +94,8 @@ class DomainEvaluator:
             raise ValueError(
                 "The domain evaluation batches have no `labels`: use the training data collator's format."
             )
-        inputs.pop(DOMAIN_IDS, None)
+        for key in (DOMAIN_IDS, *PROMPT_KEYS):  # domain ids, prompts of prompt/completion data
+            inputs.pop(key, None)
         with self.autocast():
             logits = model(**inputs).logits
         if self.task == "causal_lm":

@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from .alignment import align_word_spans, check_fast_tokenizer
+from ..cross_tokenizer.collator import TwoTokenizerCollator
+from .alignment import align_word_spans
 from .tagger import DomainTermTagger
 
 
-class DSGKDCollator:
+class DSGKDCollator(TwoTokenizerCollator):
     r"""
     Collator for DSG-KD: tokenizes each raw text with the student's and the teacher's tokenizers and carries the
     domain-word alignment between the two.
@@ -41,37 +42,17 @@ class DSGKDCollator:
         text_column: str = "text",
         label_column: str = "label",
     ):
-        check_fast_tokenizer(tokenizer, "student")
-        check_fast_tokenizer(teacher_tokenizer, "teacher")
-        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
+        super().__init__(tokenizer, teacher_tokenizer, max_length, text_column)
         self.tagger = tagger if tagger is not None else DomainTermTagger()
-        self.max_length = max_length
-        self.text_column, self.label_column = text_column, label_column
+        self.label_column = label_column
 
     @property
     def required_columns(self) -> tuple[str, ...]:
         """Dataset columns this collator reads (kept by the trainer through `remove_unused_columns`)."""
         return (self.text_column, self.label_column)
 
-    def _encode(self, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
-        return tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=True,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.text_column not in features[0]:
-            raise ValueError(
-                f"DSGKDCollator: the examples have no {self.text_column!r} column (columns: {list(features[0])}): "
-                "set text_column, or keep the raw text in the dataset."
-            )
-        texts = [f[self.text_column] for f in features]
-        encoded = (self._encode(self.tokenizer, texts), self._encode(self.teacher_tokenizer, texts))
+        texts, *encoded = self.encode(features)
         aligned = []  # per example, per tokenization: the token positions of each kept word
         for i, text in enumerate(texts):
             views = [(e["offset_mapping"][i].tolist(), e["special_tokens_mask"][i].tolist()) for e in encoded]
@@ -84,11 +65,7 @@ class DSGKDCollator:
                 for w, tokens in enumerate(positions):
                     pool[i, w, tokens] = 1.0 / len(tokens)
                     word_mask[i, w] = True
-        student, teacher = encoded
-        batch = {k: v for k, v in student.items() if k not in ("offset_mapping", "special_tokens_mask")}
-        batch.update(
-            {f"teacher_{k}": v for k, v in teacher.items() if k not in ("offset_mapping", "special_tokens_mask")}
-        )
+        batch = self.model_inputs(*encoded)
         label_key = "labels" if "labels" in features[0] else self.label_column
         if label_key in features[0]:
             batch["labels"] = torch.tensor([int(f[label_key]) for f in features], dtype=torch.long)

@@ -6,9 +6,11 @@ from .fused import LogitTransform, OutputHead, fused_logit_terms
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
 from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, logprob_divergence, token_divergence
 from .sparse import sparse_distillation_loss
+from .uld import aligned_positions, uld_loss
 
 __all__ = [
     "ATTENTION_LOSSES",
+    "aligned_positions",
     "DIVERGENCES",
     "HIDDEN_LOSSES",
     "HiddenProjector",
@@ -23,5 +25,6 @@ __all__ = [
     "pool_word_states",
     "sparse_distillation_loss",
     "token_divergence",
+    "uld_loss",
     "word_attention_maps",
 ]

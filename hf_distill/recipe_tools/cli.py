@@ -19,6 +19,18 @@ from ..validation import field_types
 logger = logging.get_logger(__name__)
 
 
+def with_cpu_processes(argv: Sequence[str]) -> list[str]:
+    """`argv`, with `--use_cpu true` first when several processes run on a machine without an accelerator (e.g.
+    `accelerate_configs/cpu.yaml`, or a DeepSpeed config with `use_cpu`): otherwise each process would train alone."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not available:
+        return ["--use_cpu", "true", *argv]
+    return list(argv)
+
+
 class RecipeError(ValueError):
     """A problem with a recipe's input, found before training; the recipes print it as one line and exit."""
 

@@ -42,3 +42,12 @@ def save_then_push(trainer: Any, write_local: Callable[[], None]) -> None:
             f"{os.path.abspath(args.output_dir)}: push them with `hf upload` or re-run with --push_to_hub later.",
             1,
         )
+
+
+def release_engines(trainer: Any) -> None:
+    """Destroy the DeepSpeed engines (student and teacher) and the process group at the end of a recipe: without it a
+    ZeRO-3 run on gloo may abort at interpreter exit, after everything was written."""
+    for engine in (trainer.model_wrapped, trainer.teacher):
+        if hasattr(engine, "destroy"):
+            engine.destroy()
+    trainer.accelerator.end_training()

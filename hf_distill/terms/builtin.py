@@ -14,10 +14,12 @@ from ..losses import (
     hidden_state_loss,
     logit_distillation_loss,
     sparse_distillation_loss,
+    uld_loss,
 )
 from ..teacher_cache import CACHE_KEYS
-from .inputs import TermInputs
+from .inputs import TermInputs, label_mask
 from .registry import (
+    ALIGNED_TOKENS,
     ATTENDED_TOKENS,
     ATTENTIONS,
     DOMAIN_WORDS,
@@ -73,6 +75,21 @@ def cached_logit_kd(x: TermInputs) -> torch.Tensor | None:
     return sparse_distillation_loss(
         x.aligned(x.student.logits)[..., : x.vocab_size], *top, x.label_mask, args.divergence, args.temperature,
         args.jsd_beta, args.logit_chunk_size,
+    )  # fmt: skip
+
+
+def cross_tokenizer_kd(x: TermInputs) -> torch.Tensor:
+    """ULD: summed L1 distance between the sorted next-token probabilities of student and teacher, each on its own
+    tokenization of the text, the `k`-th label position of one paired with the `k`-th of the other."""
+    teacher_labels = x.batch.get("teacher_labels")
+    if teacher_labels is None:
+        raise ValueError(
+            f"uld_weight={x.args.uld_weight} needs batches from CrossTokenizerCollator (the teacher's own "
+            "teacher_input_ids, teacher_attention_mask, teacher_labels): use it as data_collator."
+        )
+    return uld_loss(
+        x.aligned(x.student.logits), x.aligned(x.teacher.logits), x.label_mask, label_mask(teacher_labels, x.task),
+        x.args.temperature, x.args.logit_chunk_size,
     )  # fmt: skip
 
 
@@ -164,6 +181,9 @@ BUILTIN_TERMS = (
     LossTerm("cached_kd", "loss_kd", "gamma", LABEL_TOKENS, {LABELS, LOGITS, TEACHER_CACHE}, cached_logit_kd,
              when=_cached_teacher, settings=_LOGIT_SETTINGS,
              description="logit KD against the teacher's cached top-k log-probabilities (tail bucket)"),
+    LossTerm("uld", "loss_uld", "uld_weight", ALIGNED_TOKENS, {LABELS, LOGITS, TEACHER, TEACHER_INPUTS},
+             cross_tokenizer_kd, settings=("temperature",),
+             description="ULD: L1 distance of the sorted next-token probabilities, across tokenizers"),
     LossTerm("hidden", "loss_hidden", "hidden_weight", ATTENDED_TOKENS,
              {TEACHER, HIDDEN_STATES, LAYER_MAP, PROJECTIONS}, hidden_states, settings=("hidden_loss",),
              description="hidden-state distance at the mapped layers, through learned projections"),

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 LABEL_TOKENS = "label_tokens"  # label positions != -100 (shifted by one for causal LMs)
 ATTENDED_TOKENS = "attended_tokens"  # attention_mask == 1 (student tokenization)
 DOMAIN_WORDS = "domain_words"  # DSG-KD domain words (word_mask)
-NORMALISERS = (LABEL_TOKENS, ATTENDED_TOKENS, DOMAIN_WORDS)
+# cross-tokenizer: per row, min(student label positions, teacher label positions) (`teacher_labels`)
+ALIGNED_TOKENS = "aligned_tokens"
+NORMALISERS = (LABEL_TOKENS, ATTENDED_TOKENS, DOMAIN_WORDS, ALIGNED_TOKENS)
 
 # What a term needs.
 LABELS = "labels"  # a `labels` column in every batch
@@ -52,7 +54,7 @@ class LossTerm:
             only if they are never on together (live and cached logit KD).
         weight (`str`): The `DistillationConfig` field holding its weight (a subclass of the config may add fields
             for its own terms). The term is on when the weight is > 0 and `when(args)` holds.
-        normaliser (`str`): One of `"label_tokens"`, `"attended_tokens"`, `"domain_words"`.
+        normaliser (`str`): One of `"label_tokens"`, `"attended_tokens"`, `"domain_words"`, `"aligned_tokens"`.
         needs (`frozenset[str]`): What it reads: any of `"labels"`, `"logits"`, `"teacher"`, `"teacher_cache"`,
             `"teacher_inputs"`, `"hidden_states"`, `"attentions"`, `"layer_map"`, `"projections"`.
         compute (`Callable[[TermInputs], torch.Tensor | None]`): Returns the un-normalised float32 sum over the batch

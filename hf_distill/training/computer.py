@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from ..config import DistillationConfig
+from ..cross_tokenizer import TEACHER_PREFIX
 from ..losses import OutputHead, fused_logit_terms
+from ..on_policy import PROMPT_KEYS
 from ..teacher_cache import CACHE_KEYS
 from ..terms import LossTerm, TermInputs, active_terms, registry
 from ..terms.inputs import attended, label_mask
@@ -17,11 +19,10 @@ from ..terms.registry import NORMALISERS, format_weights
 from .guards import StepGuard
 from .teacher import TeacherSetup
 
-TEACHER_PREFIX = "teacher_"
 # logit_loss="auto" fuses a batch when tokens x vocab reaches this (512 MiB of float32 logits per model)
 FUSED_AUTO_MIN_LOGITS = 2**27
 # batch keys the models never read: the collators' extras, consumed by the terms
-_TERM_KEYS = ("word_pool", "teacher_word_pool", "word_mask", *CACHE_KEYS)
+_TERM_KEYS = ("word_pool", "teacher_word_pool", "word_mask", "teacher_labels", *CACHE_KEYS, *PROMPT_KEYS)
 
 
 def check_head(head: OutputHead, outputs: Any, role: str) -> None:
@@ -85,14 +86,19 @@ class TermComputer:
     # ---- counts ----------------------------------------------------------------------------------------------
 
     def counts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The normalisers of one batch: label tokens, attended tokens and domain words."""
+        """The normalisers of one batch: label tokens, attended tokens, domain words and aligned label tokens."""
         mask = attended(batch)
-        labels, words = batch.get("labels"), batch.get("word_mask")
+        labels, words, teacher_labels = batch.get("labels"), batch.get("word_mask"), batch.get("teacher_labels")
         zero = mask.new_zeros(())
+        labelled = label_mask(labels, self.task).sum(-1) if labels is not None else None
+        aligned = zero
+        if labelled is not None and teacher_labels is not None:
+            aligned = torch.minimum(labelled, label_mask(teacher_labels, self.task).sum(-1)).sum()
         return {
-            registry.LABEL_TOKENS: label_mask(labels, self.task).sum() if labels is not None else zero,
+            registry.LABEL_TOKENS: labelled.sum() if labelled is not None else zero,
             registry.ATTENDED_TOKENS: mask.sum(),
             registry.DOMAIN_WORDS: words.sum() if words is not None else zero,
+            registry.ALIGNED_TOKENS: aligned,
         }
 
     def count_batches(self, batches: list[dict[str, Any]], accelerator: Any) -> dict[str, torch.Tensor] | None:
@@ -119,9 +125,9 @@ class TermComputer:
         if not teacher_inputs:
             word_terms = [t for t in self.terms if registry.TEACHER_INPUTS in t.needs]
             raise ValueError(
-                f"{format_weights(word_terms, self.args)} need batches from DSGKDCollator (the teacher reads its own "
-                "tokenization: teacher_input_ids, ...; and word_pool, teacher_word_pool, word_mask): use it as "
-                "data_collator."
+                f"{format_weights(word_terms, self.args)} need batches in which the teacher reads its own "
+                "tokenization (teacher_input_ids, ...): use DSGKDCollator (DSG-KD's word terms: also word_pool, "
+                "teacher_word_pool, word_mask) or CrossTokenizerCollator (uld_weight) as data_collator."
             )
         return inputs, teacher_inputs, extras
 

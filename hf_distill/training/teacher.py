@@ -22,9 +22,18 @@ from ..modeling import (
 )
 from ..parallel import prepare_teacher, shards_parameters
 from ..teacher_cache import TeacherCache
-from ..terms.registry import LOGITS, TEACHER, active_terms, format_weights, registered_terms, weight_names
+from ..terms.registry import (
+    LOGITS,
+    TEACHER,
+    TEACHER_INPUTS,
+    active_terms,
+    format_weights,
+    registered_terms,
+    weight_names,
+)
 
 logger = logging.get_logger(__name__)
+FUSED_TERMS = ("ce", "kd")  # the terms the fused logit loss computes from hidden states and heads
 
 
 @dataclass
@@ -80,8 +89,16 @@ class TeacherSetup:
                 f"DistillationConfig.logit_loss='fused' works for causal LMs only (task is {task}): use 'auto'."
             )
         uses_logits = any(LOGITS in t.needs for t in terms)
+        unfusable = [t for t in terms if LOGITS in t.needs and t.name not in FUSED_TERMS]
+        if unfusable and args.logit_loss == "fused":
+            raise ValueError(
+                f"DistillationConfig.logit_loss='fused' computes CE and logit KD only, but "
+                f"{format_weights(unfusable, args)} read the full logits: use logit_loss='auto' or 'logits'."
+            )
         if args.logit_loss == "logits" or task != "causal_lm" or not uses_logits or self.cache is not None:
             return False  # with a cache, the student's logits are compared with the cached top-k
+        if unfusable:
+            return False
         # the teacher runs with the student's flags (`logits_to_keep=1`), so it must support them whenever present
         models = [("student", student)] + ([("teacher", self.model)] if self.model is not None else [])
         missing = [role for role, m in models if not supports_fused_logits(m)]
@@ -119,13 +136,15 @@ def _load_teacher(
             teacher, task, dtype, args.matches_attentions, args.teacher_trust_remote_code, role="teacher_model"
         )
     vocab_size = None
-    if any(LOGITS in t.needs and TEACHER in t.needs for t in terms):  # logits compared: same head, same vocabulary
+    logit_terms = [t for t in terms if LOGITS in t.needs and TEACHER in t.needs]
+    if logit_terms:  # logits compared: the same kind of head
         teacher_task = infer_task(teacher, "teacher")
         if teacher_task != task:
             raise ValueError(
                 f"The teacher's task ({teacher_task}) differs from the student's ({task}): use a teacher "
                 "with the same kind of head."
             )
+    if any(TEACHER_INPUTS not in t.needs for t in logit_terms):  # on the same tokens: the same vocabulary
         vocab_size = shared_vocab_size(student, teacher, task, tokenizer)
     teacher.eval()
     teacher.requires_grad_(False)

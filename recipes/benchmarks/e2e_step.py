@@ -15,6 +15,10 @@ in a fresh process, `--steps` optimizer steps of which the first `--warmup` are 
                       backward: no `[tokens, vocab]` logits, more compute);
 - trl-gkd:            TRL's `trl.experimental.gkd.GKDTrainer` with `lmbda=0` (off-policy), `beta=0` (forward KL),
                       `temperature=1`.
+- hf_distill-on-policy, trl-gkd-on-policy: the same two at `lmbda=1`: every batch's completion is sampled from the
+                      student (temperature 1, no top-k / top-p, `--new_tokens` tokens after a prompt of
+                      `--length - --new_tokens` tokens; the random models rarely sample EOS, so the lengths match),
+                      then scored by the teacher; tokens/s counts prompt + completion tokens, generation included.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sys
 import tempfile
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +47,25 @@ from common import (  # noqa: E402
     word_level_tokenizer,
 )
 
-ROWS = ("student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd")
+ROWS = ("student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd", "hf_distill-on-policy",
+        "trl-gkd-on-policy")  # fmt: skip
+TRL_ROWS = ("trl-gkd", "trl-gkd-on-policy")
+
+
+class PromptCollator:
+    """Fixed-length random sequences as prompt (the first `prompt` tokens) + completion batches, with the prompts
+    alone for generation: the keys both trainers read (`prompts`, `prompt_attention_mask`)."""
+
+    def __init__(self, prompt: int):
+        self.prompt = prompt
+
+    def __call__(self, features):
+        ids = torch.tensor([f["input_ids"] for f in features])
+        labels = ids.clone()
+        labels[:, : self.prompt] = -100
+        prompts = ids[:, : self.prompt]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "prompts": prompts,
+                "prompt_attention_mask": torch.ones_like(prompts)}  # fmt: skip
 
 
 class FloorTrainer(Trainer):
@@ -77,21 +99,27 @@ def _trainer(row: str, case: dict, out: str):
     common = _common_args(case, out)
     if row == "floor":
         return FloorTrainer(teacher, model=student, args=TrainingArguments(**common), train_dataset=data)
-    if row == "trl-gkd":
-        from transformers import default_data_collator
+    on_policy = row.endswith("on-policy")
+    collator = PromptCollator(case["length"] - case["new_tokens"]) if on_policy else default_data_collator
+    tokenizer = word_level_tokenizer(case["vocab"])  # the generating trainers read its pad / EOS token ids
+    if row in TRL_ROWS:
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-        args = GKDConfig(**common, lmbda=0.0, beta=0.0, temperature=1.0, max_length=case["length"])
-        tokenizer = word_level_tokenizer(case["vocab"])  # GKDTrainer reads its pad token id
+        args = GKDConfig(**common, lmbda=1.0 if on_policy else 0.0, beta=0.0, temperature=1.0,
+                         max_length=case["length"], max_new_tokens=case["new_tokens"])  # fmt: skip
         return GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                          data_collator=default_data_collator, processing_class=tokenizer)  # fmt: skip
+                          data_collator=collator, processing_class=tokenizer)  # fmt: skip
     from hf_distill import DistillationConfig, DistillationTrainer
 
     kd = {"alpha_ce": 1.0, "gamma": 0.0} if row == "student-only" else {"alpha_ce": 0.0, "gamma": 1.0}
-    args = DistillationConfig(**common, **kd, logit_loss="fused" if row == "hf_distill-fused" else "auto")
-    return DistillationTrainer(
-        model=student, teacher_model=None if row == "student-only" else teacher, args=args, train_dataset=data
+    generation = {"lmbda": 1.0, "max_new_tokens": case["new_tokens"]} if on_policy else {}
+    args = DistillationConfig(
+        **common, **kd, **generation, logit_loss="fused" if row == "hf_distill-fused" else "auto"
     )
+    return DistillationTrainer(
+        model=student, teacher_model=None if row == "student-only" else teacher, args=args, train_dataset=data,
+        data_collator=collator, processing_class=tokenizer,
+    )  # fmt: skip
 
 
 def one_case(case: dict) -> dict:
@@ -114,8 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser, teacher_hidden=512)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--new_tokens", type=int, default=64, help="completion tokens of the on-policy rows")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     args = parser.parse_args()
+    if not 0 < args.new_tokens < args.length:
+        parser.error(f"--new_tokens {args.new_tokens} must be between 1 and --length - 1 ({args.length - 1})")
     if args.case:
         import json
 
@@ -123,10 +154,13 @@ def main() -> None:
         return
     case = {k: v for k, v in vars(args).items() if k not in ("rows", "case", "repeats")}
     print(machine_line(args.device))
-    print(f"{pair_line(args)} | {'bf16' if args.bf16 else 'float32'}")
+    print(f"{pair_line(args)} | {'bf16' if args.bf16 else 'float32'} | on-policy rows: {args.new_tokens} sampled "
+          f"tokens after {args.length - args.new_tokens}-token prompts")  # fmt: skip
     skipped = {}
-    if "trl-gkd" in args.rows and importlib.util.find_spec("trl") is None:
-        skipped["trl-gkd"] = "skipped: trl not installed (pip install -e '.[bench]')"
+    if importlib.util.find_spec("trl") is None:
+        skipped = {
+            row: "skipped: trl not installed (pip install -e '.[bench]')" for row in TRL_ROWS if row in args.rows
+        }
     runs: dict[str, list[dict]] = {row: [] for row in args.rows if row not in skipped}
     for _ in range(args.repeats):  # rows interleaved, so that slow phases of a shared machine hit every row
         for row in runs:
