@@ -9,14 +9,15 @@ from typing import Any
 from torch import nn
 
 
-def _uses_zero3(accelerator: Any) -> bool:
+def uses_zero3(accelerator: Any) -> bool:
+    """Whether the accelerator runs DeepSpeed ZeRO stage 3 (parameters partitioned across processes)."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return plugin is not None and plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
 
 
 def shards_parameters(accelerator: Any) -> bool:
     """Whether the backend shards model parameters across processes (DeepSpeed ZeRO-3 or FSDP)."""
-    return _uses_zero3(accelerator) or getattr(accelerator.state, "fsdp_plugin", None) is not None
+    return uses_zero3(accelerator) or getattr(accelerator.state, "fsdp_plugin", None) is not None
 
 
 def check_engine_saves(accelerator: Any) -> None:
@@ -27,7 +28,7 @@ def check_engine_saves(accelerator: Any) -> None:
     Raises:
         `ValueError`: naming the setting and how to turn it on.
     """
-    if not _uses_zero3(accelerator):
+    if not uses_zero3(accelerator):
         return
     zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
     gather = zero.get("stage3_gather_16bit_weights_on_model_save", False)
@@ -116,7 +117,7 @@ def prepare_teacher(teacher: nn.Module, accelerator: Any) -> nn.Module:
     Returns:
         `nn.Module`: the teacher to call in `compute_loss`.
     """
-    if _uses_zero3(accelerator):
+    if uses_zero3(accelerator):
         return _zero3_teacher(teacher, accelerator)
     if getattr(accelerator.state, "fsdp_plugin", None) is not None:
         return _fsdp_teacher(teacher, accelerator)

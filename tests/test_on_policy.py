@@ -190,6 +190,19 @@ def test_generated_batches_train_on_the_completion_of_the_generating_model_only(
     assert log["generated_length"] == pytest.approx(sum(lengths) / 6)
 
 
+def test_each_micro_batch_of_an_accumulated_step_draws_its_own_source(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, lmbda=0.5, max_steps=6, gradient_accumulation_steps=2,
+                       per_device_train_batch_size=2)  # fmt: skip
+    recorder = _Recorder(trainer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    draws = [[trainer.on_policy.source(step, micro) == STUDENT for micro in (0, 1)] for step in range(1, 7)]
+    assert [h["on_policy_share"] for h in logs] == [sum(d) / 2 for d in draws]
+    assert any(d[0] != d[1] for d in draws)  # the two micro-batches of a step can differ
+    generated = [b for b, drawn in zip(recorder.batches, sum(draws, []), strict=True) if drawn]
+    assert all(int((b["labels"] != -100).sum()) <= 2 * 6 for b in generated)  # generated: <= max_new_tokens each
+
+
 def test_generation_settings_reach_generate(tmp_path, tokenizer):
     args = make_config(tmp_path, lmbda=1.0, max_new_tokens=7, generation_temperature=0.7, generation_top_k=5,
                        generation_top_p=0.9, gradient_checkpointing=True)  # fmt: skip

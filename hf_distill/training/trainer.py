@@ -29,7 +29,7 @@ from ..ddk.stream import StreamMixture
 from ..files import write_json_atomic
 from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
-from ..on_policy import STUDENT, OnPolicyBatches, draw_seed
+from ..on_policy import STUDENT, OnPolicyBatches, draw_seed, gathered_for_generation
 from ..parallel import check_engine_saves, shards_parameters
 from ..teacher_cache import TeacherCacheCollator
 from .checkpoints import CHECKPOINT_FOLDER, checkpoint_problem, last_complete_checkpoint
@@ -279,10 +279,13 @@ class DistillationTrainer(Trainer):
             metrics["seq_kd_share"].append(torch.tensor(float(source not in (None, STUDENT)), device=device))
         if source is None:
             return batch
+        engine = self.model_wrapped if source == STUDENT else self.teacher
         model = self.student if source == STUDENT else self.accelerator.unwrap_model(self.teacher)
         seed = draw_seed(self.args.seed, step, micro, self.accelerator.process_index)
-        synced = shards_parameters(self.accelerator) and self.accelerator.num_processes > 1
-        batch, lengths = self.on_policy.generate(model, batch, seed, synced_gpus=synced)
+        with gathered_for_generation(engine, self.accelerator) as gathered:
+            # sharded parameters not gathered (FSDP): every process must run as many forward passes as the others
+            synced = shards_parameters(self.accelerator) and self.accelerator.num_processes > 1 and not gathered
+            batch, lengths = self.on_policy.generate(model, batch, seed, synced_gpus=synced)
         metrics["generated_length"].append(lengths.float().mean())
         return batch
 
