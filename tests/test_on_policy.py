@@ -203,6 +203,21 @@ def test_each_micro_batch_of_an_accumulated_step_draws_its_own_source(tmp_path, 
     assert all(int((b["labels"] != -100).sum()) <= 2 * 6 for b in generated)  # generated: <= max_new_tokens each
 
 
+def test_a_resumed_run_takes_the_same_decisions_and_samples_as_the_uninterrupted_one(tmp_path, tokenizer):
+    def run(folder, resume=None):
+        trainer = _trainer(folder, tokenizer, lmbda=0.5, max_steps=6, save_strategy="steps", save_steps=2)
+        trainer.train(resume_from_checkpoint=resume)
+        return {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+
+    whole = run(tmp_path / "whole")
+    resumed = run(tmp_path / "resumed", str(tmp_path / "whole" / "out" / "checkpoint-2"))
+    for step in (3, 4, 5, 6):  # trained after the resume
+        for key in ("on_policy_share", "loss_kd", "grad_norm"):
+            assert resumed[step][key] == pytest.approx(whole[step][key], rel=1e-6), (step, key)
+        assert resumed[step].get("generated_length") == whole[step].get("generated_length")
+    assert 0 < sum(h["on_policy_share"] for h in whole.values()) < 6
+
+
 def test_generation_settings_reach_generate(tmp_path, tokenizer):
     args = make_config(tmp_path, lmbda=1.0, max_new_tokens=7, generation_temperature=0.7, generation_top_k=5,
                        generation_top_p=0.9, gradient_checkpointing=True)  # fmt: skip
