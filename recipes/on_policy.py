@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,6 +39,7 @@ from hf_distill import (
     NonFiniteError,
     PromptCompletionCollator,
 )
+from hf_distill.ddk.data import domain_ids, filter_rows, split_by_domain
 from hf_distill.recipe_tools.cli import (
     RecipeError,
     load_or_refuse,
@@ -120,23 +122,20 @@ def load_examples(script: OnPolicyArguments, seed: int) -> tuple[dict[str, Datas
         corpus = corpus.add_column("domain", ["all"] * len(corpus))
     else:
         raise RecipeError(f"--dataset {path!r} does not exist: give a corpus directory or a prompt/completion file")
-    if script.examples_per_domain is not None:
-        names = sorted(set(corpus["domain"]))
-        keep = [i for name in names for i in [j for j, d in enumerate(corpus["domain"]) if d == name][
-            : script.examples_per_domain]]  # fmt: skip
-        corpus = corpus.select(keep)
+    if script.examples_per_domain is not None:  # the first examples of each domain
+        names, ids = domain_ids(corpus, "domain")
+        rows = [np.flatnonzero(ids == i)[: script.examples_per_domain] for i in range(len(names))]
+        corpus = filter_rows(corpus, np.concatenate(rows))
     try:
         train, held = hold_out(corpus, script.validation_size, seed=seed)
     except ValueError as error:
         raise RecipeError(f"--validation_size {script.validation_size}: {error}") from None
-    names = list(held)
-    return {n: train.filter(lambda d, n=n: d == n, input_columns="domain") for n in names}, held
+    return split_by_domain(train), held
 
 
 @torch.no_grad()
 def greedy(model: torch.nn.Module, collator: PromptCompletionCollator, rows: list[dict[str, Any]], tokens: int):
     """Greedy completions of the rows' prompts (one at a time, unpadded)."""
-    model = model.module if hasattr(model, "module") else model
     was = model.training
     model.eval()
     texts = []
@@ -183,7 +182,7 @@ def main(argv: list[str]) -> None:
         fail(f"training stopped: {error}", 1)
     table["student-after"] = trainer.evaluate_domains(datasets=held)
     after = greedy(trainer.student, collator, samples, args.max_new_tokens)
-    teacher_text = greedy(trainer.teacher, collator, samples, args.max_new_tokens)
+    teacher_text = greedy(trainer.accelerator.unwrap_model(trainer.teacher), collator, samples, args.max_new_tokens)
     shown = [
         {"prompt": collator.texts(row)[0], "student-before": b, "student-after": a, "teacher": t}
         for row, b, a, t in zip(samples, before, after, teacher_text, strict=True)
