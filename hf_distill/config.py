@@ -13,7 +13,7 @@ from transformers.utils import logging
 
 from .alignment import parse_layer_map
 from .ddk.update import GAPS, parse_domain_weights
-from .losses import ATTENTION_LOSSES, DIVERGENCES, HIDDEN_LOSSES
+from .losses import ATTENTION_LOSSES, CHUNK_KERNELS, DIVERGENCES, HIDDEN_LOSSES
 from .terms import LossTerm, active_terms, check_weights, registered_terms
 from .terms.registry import (
     ATTENTIONS,
@@ -133,7 +133,8 @@ class DistillationConfig(TrainingArguments):
         default=256,
         metadata={
             "help": "Tokens per chunk when computing the logit divergence and cross-entropy in float32; peak extra "
-            "memory is about 14 * chunk * vocab * 4 bytes beyond the logits and their gradient."
+            "memory is about 8 * chunk * vocab * 4 bytes beyond the logits and their gradient. On CPU a chunk also "
+            "holds at most 2 MiB of float32 logits per model (it then stays in the cache: faster)."
         },
     )
     logit_loss: str = field(
@@ -145,6 +146,16 @@ class DistillationConfig(TrainingArguments):
             "for the batches whose logits would be large (tokens x vocab >= 2**27, 512 MiB of float32 per model) "
             "when both models support it (linear head, `logits_to_keep`), 'logits' otherwise (faster).",
             "choices": list(LOGIT_LOSSES),
+        },
+    )
+    logit_kernel: str = field(
+        default="compiled",
+        metadata={
+            "help": "The kernel that computes each chunk of the logit terms (both log-softmaxes, the divergence, CE "
+            "and their closed-form gradient in one pass): 'compiled' = torch.compile of the chunk function (C++ on "
+            "CPU, Triton on GPU; compiled once per process and setting, a few seconds; falls back to 'eager' with a "
+            "warning where compiling fails); 'eager' = the same function op by op.",
+            "choices": list(CHUNK_KERNELS),
         },
     )
     teacher_cache: str | None = field(
@@ -262,6 +273,7 @@ class DistillationConfig(TrainingArguments):
         self._check_choice("teacher_dtype", TEACHER_DTYPES)
         self._check_choice("task", TASKS)
         self._check_choice("logit_loss", LOGIT_LOSSES)
+        self._check_choice("logit_kernel", CHUNK_KERNELS)
         self._check_choice("empty_labels", EMPTY_LABELS)
         self._check_choice("ddk_gap", GAPS)
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:

@@ -15,7 +15,8 @@ TRANSFORMS = [LogitTransform(), LogitTransform(scale=0.7, softcap=3.0), LogitTra
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=["plain", "scale+softcap", "divisor"])
 @pytest.mark.parametrize("chunk_size", [1, 7, 1024])
-def test_fused_terms_equal_naive_in_value_and_gradient(divergence, transform, chunk_size):
+@pytest.mark.parametrize("weights", [None, (0.3, 1.7)], ids=["recomputed", "in-forward"])
+def test_fused_terms_equal_naive_in_value_and_gradient(divergence, transform, chunk_size, weights):
     torch.manual_seed(0)
     n, v = 37, 50
     hidden = torch.randn(n, 8, requires_grad=True)
@@ -25,8 +26,9 @@ def test_fused_terms_equal_naive_in_value_and_gradient(divergence, transform, ch
     labels[::5] = -100  # ignored positions
     student, teacher = OutputHead(weight, bias, transform), OutputHead(t_weight, None, LogitTransform(softcap=5.0))
     ce, kd = fused_logit_terms(
-        hidden, student, t_hidden, teacher, labels, divergence, 2.0, 0.3, vocab=v, chunk_size=chunk_size
-    )
+        hidden, student, t_hidden, teacher, labels, divergence, 2.0, 0.3, vocab=v, chunk_size=chunk_size,
+        weights=weights,
+    )  # fmt: skip
     (0.3 * ce + 1.7 * kd).backward()
     fused_grads = [x.grad.clone() for x in (hidden, weight, bias)]
     for x in (hidden, weight, bias):
@@ -146,15 +148,17 @@ def test_unknown_head_transform_and_impossible_fused_are_clear_errors(config_fac
                             args=config_factory(logit_loss="fused"))  # fmt: skip
 
 
-def test_fused_terms_under_bf16_autocast_recompute_as_in_forward():
+@pytest.mark.parametrize("weights", [None, (1.0, 1.0)], ids=["recomputed", "in-forward"])
+def test_fused_terms_under_bf16_autocast_recompute_as_in_forward(weights):
     torch.manual_seed(0)
     hidden, weight = torch.randn(20, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
     t_hidden, t_weight, labels = torch.randn(20, 8), torch.randn(30, 8), torch.randint(0, 30, (20,))
     plain = LogitTransform()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ce, kd = fused_logit_terms(
-            hidden, OutputHead(weight, None, plain), t_hidden, OutputHead(t_weight, None, plain), labels, chunk_size=7
-        )
+            hidden, OutputHead(weight, None, plain), t_hidden, OutputHead(t_weight, None, plain), labels, chunk_size=7,
+            weights=weights,
+        )  # fmt: skip
     (ce + kd).backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None

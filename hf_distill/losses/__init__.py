@@ -2,15 +2,25 @@
 
 from ..dsg_kd.words import pool_word_states, word_attention_maps  # re-exported: DSG-KD owns them
 from .attention import ATTENTION_LOSSES, attention_map_loss
+from .chunk import CHUNK_KERNELS, ChunkSpec, logit_chunk
 from .fused import LogitTransform, OutputHead, fused_logit_terms
 from .hidden import HIDDEN_LOSSES, HiddenProjector, hidden_state_loss
-from .logits import DIVERGENCES, cross_entropy_loss, logit_distillation_loss, logprob_divergence, token_divergence
+from .logits import (
+    DIVERGENCES,
+    cross_entropy_loss,
+    logit_distillation_loss,
+    logit_terms,
+    logprob_divergence,
+    token_divergence,
+)
 from .sparse import sparse_distillation_loss
 from .uld import aligned_positions, uld_loss
 
 __all__ = [
     "ATTENTION_LOSSES",
     "aligned_positions",
+    "CHUNK_KERNELS",
+    "ChunkSpec",
     "DIVERGENCES",
     "HIDDEN_LOSSES",
     "HiddenProjector",
@@ -20,7 +30,9 @@ __all__ = [
     "cross_entropy_loss",
     "fused_logit_terms",
     "hidden_state_loss",
+    "logit_chunk",
     "logit_distillation_loss",
+    "logit_terms",
     "logprob_divergence",
     "pool_word_states",
     "sparse_distillation_loss",

@@ -1,9 +1,11 @@
 """Logit terms computed from final hidden states and output heads, chunk by chunk, never holding `[N, V]` logits.
 
 The task cross-entropy and the logit divergence are computed from each model's last hidden states and its output
-head `z = transform(h @ W^T + b)` for `chunk_size` tokens at a time; nothing of size tokens x vocabulary is kept:
-the backward pass recomputes each chunk's logits (custom autograd). Peak extra memory is a few float32
-`chunk_size x V` buffers plus the gradients of the student's hidden states and head.
+head `z = transform(h @ W^T + b)` for `chunk_size` tokens at a time; nothing of size tokens x vocabulary is kept.
+Given the weights of the two terms in the loss, each chunk's closed-form gradient ([`logit_chunk`]) is chained
+through the head in the forward pass, so the logits are computed once; otherwise the backward pass recomputes them.
+Peak extra memory is a few float32 `chunk_size x V` buffers plus the gradients of the student's hidden states and
+head.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .logits import token_divergence
+from .chunk import ChunkSpec
+from .logits import common_factor
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class LogitTransform:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+    def backward(self, logits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient with respect to `h @ W^T + b` from the one with respect to the returned `logits` (in place)."""
+        if self.softcap:
+            grad = grad.mul_(1.0 - (logits / self.softcap).square())
+        if self.scale != 1.0 or self.divisor != 1.0:
+            grad = grad.mul_(self.scale / self.divisor)
+        return grad
 
     @classmethod
     def from_config(cls, config) -> LogitTransform:
@@ -72,74 +83,76 @@ class OutputHead:
 class _Settings:
     student: OutputHead
     teacher: OutputHead | None
-    divergence: str
-    temperature: float
-    jsd_beta: float
-    vocab: int | None
-    chunk_size: int
+    spec: ChunkSpec
 
 
-def _chunk_sums(st: _Settings, s_raw: torch.Tensor, t_hidden, labels) -> torch.Tensor:
-    """`[CE sum, KD sum]` of one chunk of tokens, from the student's raw head output `h @ W^T + b`."""
-    s_logits = st.student.transform(s_raw.float())
-    zero = s_logits.new_zeros(())
-    ce = F.cross_entropy(s_logits, labels, reduction="sum", ignore_index=-100) if labels is not None else zero
-    kd = zero
-    if st.teacher is not None:
-        t_logits = st.teacher.logits(t_hidden)
-        kd = token_divergence(
-            s_logits[:, : st.vocab], t_logits[:, : st.vocab], st.divergence, st.temperature, st.jsd_beta
-        ).sum() * (st.temperature**2)
-    return torch.stack([ce, kd])
-
-
-def _chunks(st: _Settings, s_hidden, t_hidden, labels):
-    for start in range(0, s_hidden.shape[0], st.chunk_size):
-        rows = slice(start, start + st.chunk_size)
-        teacher = None if t_hidden is None else t_hidden[rows]
-        yield rows, s_hidden[rows], teacher, None if labels is None else labels[rows]
+def _fused_pass(st: _Settings, s_hidden, s_weight, s_bias, t_hidden, labels, coefs, want):
+    """`[CE sum, KD sum]` over all chunks and, for the inputs `want` flags (hidden, weight, bias), the gradient of
+    `coefs[0] * CE + coefs[1] * KD` chained through the head by hand (`dh = dz W`, `dW += dz^T h`, `db += sum dz`):
+    no per-chunk `vocab x hidden` temporaries, no `[tokens, vocab]` buffer."""
+    total = s_hidden.new_zeros(2, dtype=torch.float32)
+    grad_hidden = torch.empty_like(s_hidden) if want[0] else None
+    grad_weight = torch.zeros_like(s_weight, dtype=torch.float32) if want[1] else None
+    grad_bias = torch.zeros_like(s_bias, dtype=torch.float32) if want[2] else None
+    weight32 = s_weight.float() if want[0] else None  # one copy at most (none for float32 weights)
+    for rows in st.spec.blocks(s_hidden.shape[0]):  # the head's matmuls on chunk_size tokens at a time
+        hidden = s_hidden[rows]
+        logits = st.student.transform(F.linear(hidden, s_weight, s_bias).float())
+        teacher = None if t_hidden is None else st.teacher.logits(t_hidden[rows])
+        targets = None if labels is None else labels[rows]
+        grad = torch.empty_like(logits) if any(want) else None
+        for span in st.spec.spans(logits.shape[0], logits.shape[1], logits.device):  # the kernel on cache-sized ones
+            ce, kd, chunk_grad = st.spec(
+                logits[span], None if teacher is None else teacher[span], None if targets is None else targets[span],
+                coefs, grad is not None,
+            )  # fmt: skip
+            total += torch.stack([ce, kd])
+            if grad is not None:
+                grad[span] = chunk_grad
+        if grad is None:
+            continue
+        grad = st.student.transform.backward(logits, grad)
+        with torch.autocast(s_hidden.device.type, enabled=False):
+            if want[0]:
+                grad_hidden[rows] = (grad @ weight32).to(s_hidden.dtype)
+            if want[1]:
+                grad_weight.addmm_(grad.T, hidden.float())
+            if want[2]:
+                grad_bias += grad.sum(0)
+    cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
+    return total, (grad_hidden, cast(grad_weight, s_weight), cast(grad_bias, s_bias))
 
 
 class _FusedLogitTerms(torch.autograd.Function):
+    """With `coefs` the gradients are computed in forward, with the values (no recompute: backward only scales
+    them); without, backward recomputes each chunk's logits for the gradient `grad_output` asks for."""
+
     @staticmethod
-    def forward(ctx, st, s_hidden, s_weight, s_bias, t_hidden, labels):
-        total = s_hidden.new_zeros(2, dtype=torch.float32)
-        for _, hidden, teacher, targets in _chunks(st, s_hidden, t_hidden, labels):
-            total += _chunk_sums(st, F.linear(hidden, s_weight, s_bias), teacher, targets)
-        ctx.st = st
-        device = s_hidden.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, labels)
+    def forward(ctx, st, s_hidden, s_weight, s_bias, t_hidden, labels, coefs):
+        want = ctx.needs_input_grad[1:4] if coefs is not None else (False, False, False)
+        pass_coefs = s_hidden.new_zeros(2, dtype=torch.float32) if coefs is None else coefs
+        total, ctx.grads = _fused_pass(st, s_hidden, s_weight, s_bias, t_hidden, labels, pass_coefs, want)
+        ctx.st, ctx.coefs = st, coefs
+        if coefs is None:
+            device = s_hidden.device.type
+            ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+            ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, labels)
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        """Recompute each chunk's logits, differentiate the loss w.r.t. them, and chain through the head by hand
-        (`dh = dz W`, `dW += dz^T h`, `db += sum dz`): no per-chunk `vocab x hidden` temporaries."""
-        st = ctx.st
+        if ctx.coefs is not None:
+            factor = common_factor(grad_output, ctx.coefs)
+            grads, ctx.grads = ctx.grads, None
+            return None, *(None if g is None else g.mul_(factor.to(g.dtype)) for g in grads), None, None, None
         s_hidden, s_weight, s_bias, t_hidden, labels = ctx.saved_tensors
-        want = ctx.needs_input_grad
-        grad_hidden = torch.empty_like(s_hidden) if want[1] else None
-        grad_weight = torch.zeros_like(s_weight, dtype=torch.float32) if want[2] else None
-        grad_bias = torch.zeros_like(s_bias, dtype=torch.float32) if want[3] else None
-        weight32 = s_weight.float() if want[1] else None  # one copy at most (none for float32 weights)
         device, autocast, dtype = ctx.autocast
-        for rows, hidden, teacher, targets in _chunks(st, s_hidden, t_hidden, labels):
-            with torch.autocast(device, dtype=dtype, enabled=autocast):  # recompute as the forward computed
-                raw = F.linear(hidden, s_weight, s_bias).detach().requires_grad_()
-            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
-                (grad_raw,) = torch.autograd.grad((_chunk_sums(st, raw, teacher, targets) * grad_output).sum(), raw)
-            grad_raw = grad_raw.float()
-            if want[1]:
-                grad_hidden[rows] = (grad_raw @ weight32).to(s_hidden.dtype)
-            if want[2]:
-                grad_weight.addmm_(grad_raw.T, hidden.float())
-            if want[3]:
-                grad_bias += grad_raw.sum(0)
-            del grad_raw
-        cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
-        return None, grad_hidden, cast(grad_weight, s_weight), cast(grad_bias, s_bias), None, None
+        with torch.autocast(device, dtype=dtype, enabled=autocast):  # recompute as the forward computed
+            _, grads = _fused_pass(
+                ctx.st, s_hidden, s_weight, s_bias, t_hidden, labels, grad_output.float(), ctx.needs_input_grad[1:4]
+            )
+        return None, *grads, None, None, None
 
 
 def fused_logit_terms(
@@ -153,6 +166,8 @@ def fused_logit_terms(
     jsd_beta: float = 0.5,
     vocab: int | None = None,
     chunk_size: int = 256,
+    weights: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
+    kernel: str = "eager",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Summed task cross-entropy and summed `T^2 * D(p_T^T, p_S^T)` over the given tokens, from hidden states and heads.
@@ -169,14 +184,27 @@ def fused_logit_terms(
         divergence, temperature, jsd_beta: See [`token_divergence`].
         vocab (`int`, *optional*): Compare the first `vocab` logits only (vocabularies padded differently).
         chunk_size (`int`): Tokens per chunk.
+        weights (`tuple`, *optional*): The weights of CE and KD in the loss, up to a common factor (floats or 0-dim
+            tensors): the gradients are then computed in the forward pass, each chunk's logits once. Without, the
+            backward pass recomputes them (any combination of the two sums).
+        kernel (`str`): `"eager"` or `"compiled"` chunk kernel (see [`ChunkSpec`]).
 
     Returns:
         `(ce_sum, kd_sum)`: float32 scalars (0 for a term that is not requested).
     """
     kd = teacher_hidden is not None
-    st = _Settings(student_head, teacher_head if kd else None, divergence, temperature, jsd_beta, vocab, chunk_size)
-    bias = student_head.bias
+    spec = ChunkSpec(divergence, temperature, jsd_beta, vocab, chunk_size, kernel)
+    st = _Settings(student_head, teacher_head if kd else None, spec)
+    coefs = None
+    if weights is not None:
+        coefs = torch.stack([torch.as_tensor(w, dtype=torch.float32) for w in weights]).to(student_hidden.device)
     sums = _FusedLogitTerms.apply(
-        st, student_hidden, student_head.weight, bias, teacher_hidden.detach() if kd else None, labels
+        st,
+        student_hidden,
+        student_head.weight,
+        student_head.bias,
+        teacher_hidden.detach() if kd else None,
+        labels,
+        coefs,
     )
     return sums[0], sums[1]

@@ -48,15 +48,15 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def task_cross_entropy(x: TermInputs) -> torch.Tensor:
     """Summed cross-entropy of the student against the labels."""
-    if x.fused_logits is not None:
-        return x.fused_logits()["ce"]
+    if x.logit_sums is not None:
+        return x.logit_sums()["ce"]
     return cross_entropy_loss(x.aligned(x.student.logits), x.shifted_labels, x.args.logit_chunk_size)
 
 
 def logit_kd(x: TermInputs) -> torch.Tensor:
     """Summed `T^2 * D(p_T^T, p_S^T)` over the label positions, on the shared vocabulary."""
-    if x.fused_logits is not None:
-        return x.fused_logits()["kd"]
+    if x.logit_sums is not None:
+        return x.logit_sums()["kd"]
     args, vocab = x.args, x.vocab_size
     return logit_distillation_loss(
         x.aligned(x.student.logits)[..., :vocab], x.aligned(x.teacher.logits)[..., :vocab], mask=x.label_mask,

@@ -27,8 +27,9 @@ class TermInputs:
         vocab_size (`int`, *optional*): Logits are compared on their first `vocab_size` entries.
         layer_pairs (`list[tuple[int, int]]`): Student -> teacher hidden-state layers (0 is the embeddings).
         attention_pairs (`list[tuple[int, int]]`): The pairs that have attention maps (blocks >= 1).
-        fused_logits (`Callable`, *optional*): When CE and logit KD run fused from hidden states and heads, returns
-            `{"ce": sum, "kd": sum}` (computed once per batch).
+        logit_sums (`Callable`, *optional*): Returns `{"ce": sum, "kd": sum}` when the trainer computes CE and logit
+            KD together, in one pass per chunk of tokens (from the logits, or fused from the hidden states and heads);
+            computed once per batch, with the gradient of the loss's weighted combination of the two.
     """
 
     args: Any
@@ -40,7 +41,12 @@ class TermInputs:
     vocab_size: int | None = None
     layer_pairs: list[tuple[int, int]] = field(default_factory=list)
     attention_pairs: list[tuple[int, int]] = field(default_factory=list)
-    fused_logits: Callable[[], dict[str, torch.Tensor]] | None = None
+    logit_sums: Callable[[], dict[str, torch.Tensor]] | None = None
+
+    @property
+    def fused_logits(self) -> Callable[[], dict[str, torch.Tensor]] | None:
+        """The former name of [`logit_sums`]."""
+        return self.logit_sums
 
     @property
     def causal(self) -> bool:
@@ -61,6 +67,14 @@ class TermInputs:
     def label_mask(self) -> torch.Tensor:
         """The label positions that count, aligned with the logits."""
         return label_mask(self.labels, self.task)
+
+    @property
+    def logit_labels(self) -> torch.Tensor:
+        """The labels aligned with the full logits (for causal LMs shifted left, -100 at the last position): selects
+        the logits' rows without slicing them."""
+        if not self.causal:
+            return self.labels
+        return torch.nn.functional.pad(self.labels[..., 1:], (0, 1), value=-100)
 
     def aligned(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (or per-position cached values) aligned with [`shifted_labels`]."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,14 +11,14 @@ from torch import nn
 
 from ..config import DistillationConfig
 from ..cross_tokenizer import TEACHER_PREFIX
-from ..losses import OutputHead, fused_logit_terms
+from ..losses import OutputHead, fused_logit_terms, logit_terms
 from ..on_policy import PROMPT_KEYS
 from ..teacher_cache import CACHE_KEYS
 from ..terms import LossTerm, TermInputs, active_terms, registry
 from ..terms.inputs import attended, label_mask
 from ..terms.registry import NORMALISERS, format_weights
 from .guards import StepGuard
-from .teacher import TeacherSetup
+from .teacher import FUSED_TERMS, TeacherSetup
 
 # logit_loss="auto" fuses a batch when tokens x vocab reaches this (512 MiB of float32 logits per model)
 FUSED_AUTO_MIN_LOGITS = 2**27
@@ -190,9 +191,10 @@ class TermComputer:
             labels=labels, task=self.task, vocab_size=self.teacher.vocab_size, layer_pairs=self.layer_pairs,
             attention_pairs=self.attention_pairs,
         )  # fmt: skip
-        if fused:
-            x.fused_logits = self._fused_sums(x, model)
         counts = counts if counts is not None else local
+        coefs = {t.name: getattr(self.args, t.weight) / counts[t.normaliser].clamp_min(1) for t in self.terms}
+        if any(name in coefs for name in FUSED_TERMS):
+            x.logit_sums = self._logit_sums(x, model, fused, coefs)
         mode = "train" if model.training else "eval"
         loss, values = None, []
         for term in self.terms:
@@ -200,7 +202,7 @@ class TermComputer:
             if value is None:
                 continue
             values.append((term, value))
-            weighted = getattr(self.args, term.weight) * value / counts[term.normaliser].clamp_min(1)
+            weighted = coefs[term.name] * value
             loss = weighted if loss is None else loss + weighted
             self.metrics[mode][term.log_name].append(value.detach() / local[term.normaliser].clamp_min(1))
         if model.training:
@@ -209,20 +211,40 @@ class TermComputer:
             loss = torch.zeros((), device=local[registry.ATTENDED_TOKENS].device)
         return scale * loss, outputs
 
-    def _fused_sums(self, x: TermInputs, model: nn.Module) -> Any:
+    def _logit_sums(
+        self, x: TermInputs, model: nn.Module, fused: bool, coefs: dict[str, torch.Tensor]
+    ) -> Callable[[], dict[str, torch.Tensor]]:
+        """CE and logit KD together, in one pass per chunk of tokens, with the gradient of `coefs["ce"] * CE +
+        coefs["kd"] * KD` (the loss's combination) computed on the way. Fused (the models ran with
+        `logits_to_keep=1`): from the last hidden states and the heads. The returned callable holds the sums only
+        (a closure over `x` stored on `x` would be a reference cycle keeping both models' outputs alive until the
+        garbage collector runs)."""
+        zero = torch.zeros((), device=x.labels.device)
+        weights = (coefs.get("ce", zero), coefs.get("kd", zero))
+        terms = self._fused_terms(x, model, weights) if fused else self._logit_terms(x, weights)
+        sums = dict(zip(FUSED_TERMS, terms, strict=True))
+        return lambda: sums
+
+    def _settings(self) -> dict[str, Any]:
+        args = self.args
+        return {
+            "divergence": args.divergence, "temperature": args.temperature, "jsd_beta": args.jsd_beta,
+            "vocab": self.teacher.vocab_size, "chunk_size": args.logit_chunk_size, "kernel": args.logit_kernel,
+        }  # fmt: skip
+
+    def _logit_terms(self, x: TermInputs, weights: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """CE and logit KD from the models' full logits, rows selected by the labels (no sliced copies)."""
+        on = {t.name for t in self.terms}
+        labels = x.logit_labels
+        return logit_terms(
+            x.student.logits, x.teacher.logits if "kd" in on else None, labels if "ce" in on else None,
+            labels.ne(-100), weights, **self._settings(),
+        )  # fmt: skip
+
+    def _fused_terms(self, x: TermInputs, model: nn.Module, weights: tuple[torch.Tensor, torch.Tensor]):
         """CE and logit KD of a causal LM from the last hidden states and the heads, in token chunks (the models ran
-        with `logits_to_keep=1`, so no `[tokens, vocab]` logits exist); computed once, on the first request."""
-        done: dict[str, torch.Tensor] = {}
-
-        def sums() -> dict[str, torch.Tensor]:
-            if not done:
-                done.update(self._fused_terms(x, model))
-            return done
-
-        return sums
-
-    def _fused_terms(self, x: TermInputs, model: nn.Module) -> dict[str, torch.Tensor]:
-        args, mask = self.args, x.label_mask
+        with `logits_to_keep=1`, so no `[tokens, vocab]` logits exist)."""
+        mask = x.label_mask
         on = {t.name for t in self.terms}
         student_head = OutputHead.of(self.unwrap(model))
         hidden = x.student.hidden_states[-1][:, :-1][mask]
@@ -235,11 +257,9 @@ class TermComputer:
             if teacher_head is not None:
                 check_head(teacher_head, x.teacher, "teacher")
             self._heads_checked = True
-        ce, kd = fused_logit_terms(
-            hidden, student_head, teacher_hidden, teacher_head, x.shifted_labels[mask] if "ce" in on else None,
-            args.divergence, args.temperature, args.jsd_beta, self.teacher.vocab_size, args.logit_chunk_size,
-        )  # fmt: skip
-        return {"ce": ce, "kd": kd}
+        labels = x.shifted_labels[mask] if "ce" in on else None
+        return fused_logit_terms(hidden, student_head, teacher_hidden, teacher_head, labels, **self._settings(),
+                                 weights=weights)  # fmt: skip
 
     # ---- logging ---------------------------------------------------------------------------------------------
 

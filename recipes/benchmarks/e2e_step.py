@@ -10,9 +10,12 @@ in a fresh process, `--steps` optimizer steps of which the first `--warmup` are 
 - floor:              teacher forward + student forward/backward with CE (a `Trainer` subclass): the work any
                       logit distillation must do; the distillation overhead is measured against it;
 - hf_distill:         `DistillationTrainer`, forward KL only (`alpha_ce=0, gamma=1, T=1`), `logit_loss='auto'`
-                      (chunked loss on materialised logits, fused only when a batch's logits reach 2**27 values);
-- hf_distill-fused:   the same with `logit_loss='fused'` (from the last hidden states and the heads, recomputed in
-                      backward: no `[tokens, vocab]` logits, more compute);
+                      (chunked loss on materialised logits, fused only when a batch's logits reach 2**27 values),
+                      `logit_kernel='eager'` (the chunk function op by op);
+- hf_distill-compiled: the same with `logit_kernel='compiled'` (the default: `torch.compile` of the chunk function;
+                      compiled in the first, untimed steps);
+- hf_distill-fused, hf_distill-fused-compiled: the same two with `logit_loss='fused'` (from the last hidden states
+                      and the heads: no `[tokens, vocab]` logits);
 - trl-gkd:            TRL's `trl.experimental.gkd.GKDTrainer` with `lmbda=0` (off-policy), `beta=0` (forward KL),
                       `temperature=1`.
 - hf_distill-on-policy, trl-gkd-on-policy: the same two at `lmbda=1`: every batch's completion is sampled from the
@@ -47,8 +50,8 @@ from common import (  # noqa: E402
     word_level_tokenizer,
 )
 
-ROWS = ("student-only", "floor", "hf_distill", "hf_distill-fused", "trl-gkd", "hf_distill-on-policy",
-        "trl-gkd-on-policy")  # fmt: skip
+ROWS = ("student-only", "floor", "hf_distill", "hf_distill-compiled", "hf_distill-fused", "hf_distill-fused-compiled",
+        "trl-gkd", "hf_distill-on-policy", "trl-gkd-on-policy")  # fmt: skip
 TRL_ROWS = ("trl-gkd", "trl-gkd-on-policy")
 
 
@@ -114,8 +117,9 @@ def _trainer(row: str, case: dict, out: str):
     kd = {"alpha_ce": 1.0, "gamma": 0.0} if row == "student-only" else {"alpha_ce": 0.0, "gamma": 1.0}
     generation = {"lmbda": 1.0, "max_new_tokens": case["new_tokens"]} if on_policy else {}
     args = DistillationConfig(
-        **common, **kd, **generation, logit_loss="fused" if row == "hf_distill-fused" else "auto"
-    )
+        **common, **kd, **generation, logit_loss="fused" if "fused" in row else "auto",
+        logit_kernel="compiled" if row.endswith("compiled") else "eager",
+    )  # fmt: skip
     return DistillationTrainer(
         model=student, teacher_model=None if row == "student-only" else teacher, args=args, train_dataset=data,
         data_collator=collator, processing_class=tokenizer,
@@ -141,6 +145,7 @@ def one_case(case: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pair_arguments(parser, teacher_hidden=512)
+    parser.set_defaults(repeats=5)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--new_tokens", type=int, default=64, help="completion tokens of the on-policy rows")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
@@ -161,17 +166,20 @@ def main() -> None:
         skipped = {
             row: "skipped: trl not installed (pip install -e '.[bench]')" for row in TRL_ROWS if row in args.rows
         }
-    runs: dict[str, list[dict]] = {row: [] for row in args.rows if row not in skipped}
-    for _ in range(args.repeats):  # rows interleaved, so that slow phases of a shared machine hit every row
-        for row in runs:
+    rows = [row for row in args.rows if row not in skipped]
+    runs: dict[str, list[dict]] = {row: [] for row in rows}
+    for repeat in range(args.repeats):  # rows interleaved and rotated, so that slow phases of a shared machine and
+        for row in rows[repeat % len(rows) :] + rows[: repeat % len(rows)]:  # the position in a round hit every row
             runs[row].append(run_case(__file__, {**case, "row": row}))
-    print(f"{'row':<18} {'step s':>8} {'tokens/s':>9} {'peak MB':>8} {'vs floor':>9}")
+    print(f"{'row':<26} {'step s':>7} {'spread':>13} {'tokens/s':>9} {'peak MB':>8} {'vs floor':>9} {'x trl':>6}")
     step = {row: statistics.median(r["step_s"] for r in results) for row, results in runs.items()}
     for row, results in runs.items():
         versus = f"{step[row] / step['floor'] - 1:+.1%}" if "floor" in step and row != "floor" else ""
+        trl = f"{step['trl-gkd'] / step[row]:.2f}" if "trl-gkd" in step and not row.endswith("on-policy") else ""
+        spread = f"{min(r['step_s'] for r in results):.3f}-{max(r['step_s'] for r in results):.3f}"
         peak = max(r["peak_mb"] for r in results)
         tokens = args.batch * args.length / step[row]
-        print(f"{row:<18} {step[row]:>8.3f} {tokens:>9.0f} {peak:>8.0f} {versus:>9}", flush=True)
+        print(f"{row:<26} {step[row]:>7.3f} {spread:>13} {tokens:>9.0f} {peak:>8.0f} {versus:>9} {trl:>6}", flush=True)
     for row, why in skipped.items():
         print(f"{row:<18} {why}")
 

@@ -9,7 +9,8 @@ their output heads (`vocab x hidden`), and returns the forward KL `T^2 KL(p_T ||
 - naive:     both logits materialised, `F.kl_div` over the whole batch
 - trl:       both logits materialised, TRL's `GKDTrainer.generalized_jsd_loss` (beta=0: forward KL)
 - chunked:   both logits materialised, `hf_distill.logit_distillation_loss` in token chunks
-- fused:     `hf_distill.fused_logit_terms`: logits only for `--chunk` tokens at a time, recomputed in backward
+- fused:     `hf_distill.fused_logit_terms` as the trainer calls it (with the terms' weights): logits only for
+             `--chunk` tokens at a time, their gradient chained through the head in the forward pass (no recompute)
 
 "Peak extra" is the peak memory during forward + backward above what the inputs take (CUDA: allocator peak; CPU:
 the process's resident high-water mark, each case in a fresh process). The last column compares with naive.
@@ -40,7 +41,7 @@ def _loss(method: str, hs, ws, ht, wt, chunk: int) -> torch.Tensor:
         from hf_distill.losses import LogitTransform, OutputHead, fused_logit_terms
 
         student, teacher = OutputHead(ws, None, LogitTransform()), OutputHead(wt, None, LogitTransform())
-        return fused_logit_terms(hs, student, ht, teacher, chunk_size=chunk)[1]
+        return fused_logit_terms(hs, student, ht, teacher, chunk_size=chunk, weights=(0.0, 1.0))[1]
     s_logits, t_logits = hs @ ws.T, (ht @ wt.T).detach()
     if method == "naive":
         s, t = F.log_softmax(s_logits.float(), -1), F.log_softmax(t_logits.float(), -1)
