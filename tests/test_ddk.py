@@ -309,9 +309,14 @@ def test_a_ddk_checkpoint_of_the_previous_release_resumes_exactly(tmp_path):
 
     checkpoint = Path(__file__).parent / "data" / "checkpoint-0.1-ddk"
     expected = json.loads((checkpoint / "hf_distill_0.1_continuation.json").read_text())
-    trainer = small_ddk_trainer(tmp_path, save_strategy="steps", save_steps=3, ddk_gap="cross_entropy")
+    trainer = small_ddk_trainer(  # eager: 0.1 computed op by op (see test_regression.py on the compiled kernel)
+        tmp_path, save_strategy="steps", save_steps=3, ddk_gap="cross_entropy", logit_kernel="eager"
+    )
     trainer.train(resume_from_checkpoint=str(checkpoint))
-    assert json.loads(json.dumps(trainer.domain_sampler.history)) == expected["history"]
+    history = json.loads(json.dumps(trainer.domain_sampler.history))
+    assert [position for position, _ in history] == [position for position, _ in expected["history"]]
+    for (_, got), (_, want) in zip(history, expected["history"], strict=True):  # float rounding of the loss kernel
+        assert got == pytest.approx(want, rel=1e-6)
     updates = trainer.ddk_callback.updates
     assert [(u["step"], u["position"]) for u in updates] == [(u["step"], u["position"]) for u in expected["updates"]]
     for got, want in zip(updates, expected["updates"], strict=True):

@@ -76,8 +76,12 @@ def logit_chunk(
         targets = torch.where(valid, labels, 0)[:, None]
         ce = -torch.where(valid, log_p.gather(1, targets).squeeze(1), 0.0).sum()
         if with_grad:
-            grad = log_p.exp().mul_(ce_coef * valid[:, None])
-            grad.scatter_add_(1, targets, (-ce_coef * valid)[:, None].expand(-1, 1))
+            weight = ce_coef * valid[:, None]
+            if torch.compiler.is_compiling():  # elementwise: fuses into one loop (and avoids scatter in inductor)
+                hit = torch.arange(width, device=x.device)[None, :] == targets
+                grad = (log_p.exp() - hit.to(log_p.dtype)) * weight
+            else:
+                grad = log_p.exp().mul_(weight).scatter_add_(1, targets, -weight)
     if y is None:
         return ce, kd, grad
     x = x[:, :vocab]
@@ -173,20 +177,21 @@ def _compiled(setting: tuple) -> Callable:
     return torch.compile(fresh, dynamic=True, fullgraph=True)
 
 
-_COMPILE_FAILED: list[str] = []
+_COMPILE_FAILED: dict[tuple, str] = {}  # setting -> why it could not be compiled
 
 
 def _compiled_or_eager(setting: tuple, args: tuple):
-    """The compiled kernel, or [`logit_chunk`] from the first time compiling fails in this process (a missing C++
-    compiler or Triton, an unsupported backend): the values are the same, only slower."""
-    if not _COMPILE_FAILED:
+    """The compiled kernel of `setting`, or [`logit_chunk`] from the first time compiling it fails in this process
+    (a missing C++ compiler or Triton, an unsupported backend, dynamo's recompile limit): the values are the same,
+    only slower."""
+    if setting not in _COMPILE_FAILED:
         try:
             return _compiled(setting)(*args)
         except Exception as error:  # noqa: BLE001 - any compile failure falls back; eager re-raises real errors
-            _COMPILE_FAILED.append(f"{type(error).__name__}: {error}".splitlines()[0])
+            _COMPILE_FAILED[setting] = f"{type(error).__name__}: {error}".splitlines()[0]
             logger.warning(
                 "DistillationConfig.logit_kernel='compiled' could not compile the logit chunk kernel (%s); using "
                 "the eager kernel instead (same values, slower). Set logit_kernel='eager' to skip compiling.",
-                _COMPILE_FAILED[0],
+                _COMPILE_FAILED[setting],
             )
     return logit_chunk(*args)

@@ -1,10 +1,14 @@
 """Benchmark (b): end-to-end training step: tokens/s and peak memory of logit distillation, side by side.
 
     pip install -e ".[bench]" && python recipes/benchmarks/e2e_step.py          # CPU defaults
+    python recipes/benchmarks/e2e_step.py --profile hf_distill-compiled        # where one step's time goes
     python recipes/benchmarks/e2e_step.py --device cuda --vocab 128000 --batch 8 --length 1024 --bf16
 
 The same tiny pair (Llamas, random init, `--vocab` tokens) and the same random-token batches for every row, each row
-in a fresh process, `--steps` optimizer steps of which the first `--warmup` are not timed (median step time):
+in a fresh process, `--steps` optimizer steps of which the first `--warmup` are not timed (median step time). Each
+row runs `--repeats` times (default 5), interleaved with the other rows and the row order rotated every round; the
+table shows the median over the runs of their median step time and the spread (lowest-highest) of those, tokens/s,
+peak memory, the overhead over the floor and the speed relative to TRL's off-policy row ("x trl"):
 
 - student-only:       the student fine-tuned alone (`DistillationTrainer`, CE, no teacher);
 - floor:              teacher forward + student forward/backward with CE (a `Trainer` subclass): the work any
@@ -34,7 +38,7 @@ import sys
 import tempfile
 
 import torch
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,6 +130,37 @@ def _trainer(row: str, case: dict, out: str):
     )  # fmt: skip
 
 
+class StepProfiler(TrainerCallback):
+    """Profiles one optimizer step (`torch.profiler`, CPU and CUDA) and prints its operators by self time."""
+
+    def __init__(self, step: int, rows: int = 15):
+        self.step, self.rows, self.profiler = step, rows, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            table = self.profiler.key_averages().table(sort_by=f"self_{device}_time_total", row_limit=self.rows)
+            print(f"step {self.step}, operators by self {device} time:\n{table}", flush=True)
+            self.profiler = None
+
+
+def profile_row(case: dict) -> None:
+    """Run one row in this process and print the per-operator profile of its first step after the warm-up."""
+    with tempfile.TemporaryDirectory() as out:
+        trainer = _trainer(case["row"], case, out)
+        trainer.add_callback(StepProfiler(step=case["warmup"] + 1))
+        trainer.train()
+
+
 def one_case(case: dict) -> dict:
     if case["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -149,6 +184,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--new_tokens", type=int, default=64, help="completion tokens of the on-policy rows")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--profile", choices=ROWS, help="print the per-operator profile of one step of this row")
     args = parser.parse_args()
     if not 0 < args.new_tokens < args.length:
         parser.error(f"--new_tokens {args.new_tokens} must be between 1 and --length - 1 ({args.length - 1})")
@@ -157,7 +193,11 @@ def main() -> None:
 
         print(json.dumps(one_case(json.loads(args.case))))
         return
-    case = {k: v for k, v in vars(args).items() if k not in ("rows", "case", "repeats")}
+    case = {k: v for k, v in vars(args).items() if k not in ("rows", "case", "repeats", "profile")}
+    if args.profile:
+        print(machine_line(args.device))
+        profile_row({**case, "row": args.profile})
+        return
     print(machine_line(args.device))
     print(f"{pair_line(args)} | {'bf16' if args.bf16 else 'float32'} | on-policy rows: {args.new_tokens} sampled "
           f"tokens after {args.length - args.new_tokens}-token prompts")  # fmt: skip

@@ -11,6 +11,9 @@ their output heads (`vocab x hidden`), and returns the forward KL `T^2 KL(p_T ||
 - chunked:   both logits materialised, `hf_distill.logit_distillation_loss` in token chunks
 - fused:     `hf_distill.fused_logit_terms` as the trainer calls it (with the terms' weights): logits only for
              `--chunk` tokens at a time, their gradient chained through the head in the forward pass (no recompute)
+- chunked-compiled, fused-compiled: the same two with `kernel="compiled"` (`torch.compile` of the chunk function)
+
+Every case first runs its loss once on 3 tokens (untimed: compiles the kernel, warms the allocator).
 
 "Peak extra" is the peak memory during forward + backward above what the inputs take (CUDA: allocator peak; CPU:
 the process's resident high-water mark, each case in a fresh process). The last column compares with naive.
@@ -33,15 +36,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import rss_peak_mb  # noqa: E402
 
-METHODS = ("naive", "trl", "chunked", "fused")
+METHODS = ("naive", "trl", "chunked", "fused", "chunked-compiled", "fused-compiled")
 
 
 def _loss(method: str, hs, ws, ht, wt, chunk: int) -> torch.Tensor:
-    if method == "fused":
+    kernel = "compiled" if method.endswith("-compiled") else "eager"
+    if method.startswith("fused"):
         from hf_distill.losses import LogitTransform, OutputHead, fused_logit_terms
 
         student, teacher = OutputHead(ws, None, LogitTransform()), OutputHead(wt, None, LogitTransform())
-        return fused_logit_terms(hs, student, ht, teacher, chunk_size=chunk, weights=(0.0, 1.0))[1]
+        return fused_logit_terms(hs, student, ht, teacher, chunk_size=chunk, weights=(0.0, 1.0), kernel=kernel)[1]
     s_logits, t_logits = hs @ ws.T, (ht @ wt.T).detach()
     if method == "naive":
         s, t = F.log_softmax(s_logits.float(), -1), F.log_softmax(t_logits.float(), -1)
@@ -50,9 +54,9 @@ def _loss(method: str, hs, ws, ht, wt, chunk: int) -> torch.Tensor:
         from trl.experimental.gkd.gkd_trainer import GKDTrainer
 
         return GKDTrainer.generalized_jsd_loss(s_logits[None], t_logits[None], beta=0.0, reduction="sum")
-    from hf_distill.losses import logit_distillation_loss
+    from hf_distill.losses import logit_terms
 
-    return logit_distillation_loss(s_logits, t_logits, chunk_size=chunk)
+    return logit_terms(s_logits, t_logits, weights=(0.0, 1.0), chunk_size=chunk, kernel=kernel)[1]
 
 
 def run_case(method: str, vocab: int, tokens: int, hidden: int, device: str, dtype: str, chunk: int) -> dict:
@@ -63,6 +67,8 @@ def run_case(method: str, vocab: int, tokens: int, hidden: int, device: str, dty
     ws = (torch.randn(vocab, hidden, device=device, dtype=dt) / hidden**0.5).requires_grad_()
     ht = torch.randn(tokens, hidden, device=device, dtype=dt)
     wt = torch.randn(vocab, hidden, device=device, dtype=dt) / hidden**0.5
+    _loss(method, hs[:3], ws, ht[:3], wt, chunk).backward()  # warm-up: compiles the kernel
+    hs.grad = ws.grad = None
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -112,7 +118,7 @@ def main() -> None:
                 if method == "trl" and _trl_version().startswith("trl not"):
                     continue
                 # materialising methods hold ~6 float32 [tokens, vocab] tensors at their peak
-                if method != "fused" and 6 * tokens * vocab * 4 / 2**30 > args.max_gb:
+                if not method.startswith("fused") and 6 * tokens * vocab * 4 / 2**30 > args.max_gb:
                     print(f"{method:<8} {vocab:>7} {tokens:>6} {'skipped: > --max-gb':>14}")
                     continue
                 case = dict(method=method, vocab=vocab, tokens=tokens, hidden=args.hidden, device=args.device,
