@@ -60,7 +60,7 @@ def test_e2e_step_benchmark_prints_its_table():
 def test_e2e_step_benchmark_profiles_one_step_by_operator():
     cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "e2e_step.py"), "--vocab", "300", "--student_hidden",
            "64", "--teacher_hidden", "64", "--teacher_layers", "2", "--batch", "2", "--length", "16", "--steps", "3",
-           "--warmup", "1", "--device", "cpu", "--profile", "hf_distill-compiled"]  # fmt: skip
+           "--warmup", "1", "--device", "cpu", "--new_tokens", "6", "--profile", "hf_distill-compiled"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step 2, operators by self cpu time:" in proc.stdout
