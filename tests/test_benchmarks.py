@@ -31,11 +31,14 @@ def test_ddk_overhead_benchmark_prints_its_table():
     assert float(row[4]) >= float(row[5]) > 0  # the DDK time holds the teacher's one-time evaluation
 
 
+# benchmark (b) on a tiny pair
+E2E_TINY = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "e2e_step.py"), "--vocab", "300", "--student_hidden",
+            "64", "--teacher_hidden", "64", "--teacher_layers", "2", "--batch", "2", "--length", "16", "--steps", "3",
+            "--warmup", "1", "--device", "cpu", "--new_tokens", "6"]  # fmt: skip
+
+
 def test_e2e_step_benchmark_prints_its_table():
-    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "e2e_step.py"), "--vocab", "300", "--student_hidden",
-           "64", "--teacher_hidden", "64", "--teacher_layers", "2", "--batch", "2", "--length", "16", "--steps", "3",
-           "--warmup", "1", "--repeats", "1", "--device", "cpu", "--new_tokens", "6"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*E2E_TINY, "--repeats", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("machine:") and "trl" in lines[0] and "6 sampled tokens after 10-token" in lines[1]
@@ -58,10 +61,7 @@ def test_e2e_step_benchmark_prints_its_table():
 
 
 def test_e2e_step_benchmark_profiles_one_step_by_operator():
-    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "e2e_step.py"), "--vocab", "300", "--student_hidden",
-           "64", "--teacher_hidden", "64", "--teacher_layers", "2", "--batch", "2", "--length", "16", "--steps", "3",
-           "--warmup", "1", "--device", "cpu", "--new_tokens", "6", "--profile", "hf_distill-compiled"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*E2E_TINY, "--profile", "hf_distill-compiled"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step 2, operators by self cpu time:" in proc.stdout
     assert "aten::mm" in proc.stdout and "_LogitTerms" in proc.stdout  # the models' matmuls and the logit terms

@@ -158,6 +158,17 @@ def test_joint_logit_terms_refuse_a_combination_they_did_not_compute_the_gradien
         (ce + 2.0 * kd).backward()
 
 
+def test_a_term_that_is_not_computed_does_not_count_in_the_weights():
+    """Default weights (1, 1) without labels: CE is a constant 0, so a loss of KD alone is a valid combination."""
+    logits, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
+    ce, kd = logit_terms(logits, teacher)
+    kd.backward()
+    reference = logits.detach().clone().requires_grad_()
+    token_divergence(reference, teacher).sum().backward()
+    assert ce.item() == 0.0
+    torch.testing.assert_close(logits.grad, reference.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_cpu_chunks_are_cache_sized_and_fused_blocks_are_not():
     spec = ChunkSpec(chunk_size=256)
 

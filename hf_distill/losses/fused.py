@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .chunk import ChunkSpec
-from .logits import common_factor
+from .logits import common_factor, loss_coefs
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def fused_logit_terms(
     st = _Settings(student_head, teacher_head if kd else None, spec)
     coefs = None
     if weights is not None:
-        coefs = torch.stack([torch.as_tensor(w, dtype=torch.float32) for w in weights]).to(student_hidden.device)
+        coefs = loss_coefs(weights, labels is not None, kd, student_hidden.device)
     sums = _FusedLogitTerms.apply(
         st,
         student_hidden,

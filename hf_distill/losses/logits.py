@@ -142,6 +142,12 @@ def common_factor(grad_output: torch.Tensor, coefs: torch.Tensor) -> torch.Tenso
     return factor
 
 
+def loss_coefs(weights: tuple, ce: bool, kd: bool, device: torch.device) -> torch.Tensor:
+    """`[ce_coef, kd_coef]` as a float32 tensor, 0 for a term that is not computed (its sum is a constant 0)."""
+    coefs = torch.stack([torch.as_tensor(w, dtype=torch.float32).to(device) for w in weights])
+    return coefs * torch.tensor([ce, kd], dtype=torch.float32, device=device)
+
+
 class _LogitTerms(torch.autograd.Function):
     """`[ce_sum, kd_sum]` of the selected rows of `[R, V]` logits, chunk by chunk; the gradient of
     `coefs[0] * ce + coefs[1] * kd` is computed in forward (closed form) into one buffer in the logits' dtype."""
@@ -224,7 +230,7 @@ def logit_terms(
         mask = labels.ne(-100) if labels is not None else torch.ones(student_logits.shape[:-1], dtype=torch.bool)
     rows = mask.reshape(-1).to(student_logits.device).nonzero().squeeze(1)
     spec = ChunkSpec(divergence, temperature, jsd_beta, vocab, chunk_size, kernel)
-    coefs = torch.stack([torch.as_tensor(w, dtype=torch.float32) for w in weights]).to(student_logits.device)
+    coefs = loss_coefs(weights, labels is not None, teacher_logits is not None, student_logits.device)
     sums = _LogitTerms.apply(
         spec, student_logits.reshape(-1, width),
         None if teacher_logits is None else teacher_logits.detach().reshape(-1, teacher_logits.shape[-1]),

@@ -15,6 +15,7 @@ from ..losses import OutputHead, fused_logit_terms, logit_terms
 from ..on_policy import PROMPT_KEYS
 from ..teacher_cache import CACHE_KEYS
 from ..terms import LossTerm, TermInputs, active_terms, registry
+from ..terms.builtin import logit_kd, task_cross_entropy
 from ..terms.inputs import attended, label_mask
 from ..terms.registry import NORMALISERS, format_weights
 from .guards import StepGuard
@@ -71,6 +72,8 @@ class TermComputer:
         self.args, self.task, self.teacher = args, task, teacher
         self.terms: list[LossTerm] = active_terms(args)
         self.needs: frozenset[str] = frozenset().union(*(t.needs for t in self.terms))  # of the terms that are on
+        # the built-in CE / logit KD that are on: computed together (a term registered in their place computes itself)
+        self.joint = {t.name for t in self.terms if t.compute in (task_cross_entropy, logit_kd)}
         self.layer_pairs, self.attention_pairs = layer_pairs, attention_pairs
         self.output_width, self.unwrap = output_width, unwrap
         pools = {t.projection_pool for t in self.terms if registry.PROJECTIONS in t.needs}
@@ -193,7 +196,7 @@ class TermComputer:
         )  # fmt: skip
         counts = counts if counts is not None else local
         coefs = {t.name: getattr(self.args, t.weight) / counts[t.normaliser].clamp_min(1) for t in self.terms}
-        if any(name in coefs for name in FUSED_TERMS):
+        if self.joint:
             x.logit_sums = self._logit_sums(x, model, fused, coefs)
         mode = "train" if model.training else "eval"
         loss, values = None, []
@@ -220,7 +223,7 @@ class TermComputer:
         (a closure over `x` stored on `x` would be a reference cycle keeping both models' outputs alive until the
         garbage collector runs)."""
         zero = torch.zeros((), device=x.labels.device)
-        weights = (coefs.get("ce", zero), coefs.get("kd", zero))
+        weights = tuple(coefs[name] if name in self.joint else zero for name in FUSED_TERMS)
         terms = self._fused_terms(x, model, weights) if fused else self._logit_terms(x, weights)
         sums = dict(zip(FUSED_TERMS, terms, strict=True))
         return lambda: sums
@@ -234,7 +237,7 @@ class TermComputer:
 
     def _logit_terms(self, x: TermInputs, weights: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """CE and logit KD from the models' full logits, rows selected by the labels (no sliced copies)."""
-        on = {t.name for t in self.terms}
+        on = self.joint
         labels = x.logit_labels
         return logit_terms(
             x.student.logits, x.teacher.logits if "kd" in on else None, labels if "ce" in on else None,
@@ -244,8 +247,7 @@ class TermComputer:
     def _fused_terms(self, x: TermInputs, model: nn.Module, weights: tuple[torch.Tensor, torch.Tensor]):
         """CE and logit KD of a causal LM from the last hidden states and the heads, in token chunks (the models ran
         with `logits_to_keep=1`, so no `[tokens, vocab]` logits exist)."""
-        mask = x.label_mask
-        on = {t.name for t in self.terms}
+        mask, on = x.label_mask, self.joint
         student_head = OutputHead.of(self.unwrap(model))
         hidden = x.student.hidden_states[-1][:, :-1][mask]
         teacher_hidden = teacher_head = None

@@ -110,7 +110,7 @@ def main() -> None:
     versions = f"torch {torch.__version__} | transformers {transformers.__version__} | {_trl_version()}"
     print(f"machine: {platform.node()} | {args.device} ({name}) | {versions}")
     print(f"hidden {args.hidden} | {args.dtype} | chunk {args.chunk} | CPU threads {torch.get_num_threads()}")
-    print(f"{'method':<8} {'vocab':>7} {'tokens':>6} {'peak extra MB':>14} {'time s':>8} {'vs naive':>9}")
+    print(f"{'method':<16} {'vocab':>7} {'tokens':>6} {'peak extra MB':>14} {'time s':>8} {'vs naive':>9}")
     for vocab in args.vocab:
         for tokens in args.tokens:
             naive_peak = None
@@ -119,7 +119,7 @@ def main() -> None:
                     continue
                 # materialising methods hold ~6 float32 [tokens, vocab] tensors at their peak
                 if not method.startswith("fused") and 6 * tokens * vocab * 4 / 2**30 > args.max_gb:
-                    print(f"{method:<8} {vocab:>7} {tokens:>6} {'skipped: > --max-gb':>14}")
+                    print(f"{method:<16} {vocab:>7} {tokens:>6} {'skipped: > --max-gb':>14}")
                     continue
                 case = dict(method=method, vocab=vocab, tokens=tokens, hidden=args.hidden, device=args.device,
                             dtype=args.dtype, chunk=args.chunk)  # fmt: skip
@@ -127,7 +127,7 @@ def main() -> None:
                 if method == "naive":
                     naive_peak = result["peak_extra_mb"]
                 ratio = f"{result['peak_extra_mb'] / naive_peak:8.0%}" if naive_peak else "       -"
-                print(f"{method:<8} {vocab:>7} {tokens:>6} {result['peak_extra_mb']:>14.0f} "
+                print(f"{method:<16} {vocab:>7} {tokens:>6} {result['peak_extra_mb']:>14.0f} "
                       f"{result['seconds']:>8.2f} {ratio:>9}", flush=True)  # fmt: skip
 
 
