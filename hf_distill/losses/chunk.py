@@ -31,6 +31,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 CHUNK_KERNELS = ("eager", "compiled")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
 
 def logit_chunk(
@@ -106,7 +107,7 @@ def logit_chunk(
         kd = jsd_beta * (t.exp() * (t - m)).sum() + (1.0 - jsd_beta) * k_s.sum()
         kd_grad = p_s.mul_((s - m).sub_(k_s)).mul_(scale * (1.0 - jsd_beta)) if with_grad else None
     else:
-        raise ValueError(f"Unknown divergence {divergence!r}; choose one of forward_kl, reverse_kl, jsd.")
+        raise ValueError(f"Unknown divergence {divergence!r}; choose one of {DIVERGENCES}.")
     kd = kd * temperature**2
     if with_grad:
         if grad is None:
@@ -141,8 +142,8 @@ class ChunkSpec:
     kernel: str = "eager"
 
     def __post_init__(self):
-        if self.divergence not in ("forward_kl", "reverse_kl", "jsd"):
-            raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of forward_kl, reverse_kl, jsd.")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of {DIVERGENCES}.")
         if self.kernel not in CHUNK_KERNELS:
             raise ValueError(f"Unknown chunk kernel {self.kernel!r}; choose one of {CHUNK_KERNELS}.")
 

@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .chunk import ChunkSpec
-
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+from .chunk import DIVERGENCES, ChunkSpec
 
 
 def token_divergence(
