@@ -43,7 +43,11 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "logit_chunk_size": NumberRule(low=1),
     "ddk_update_steps": NumberRule(low=1, hint="optimizer steps between DDK updates; None keeps the mixture fixed"),
     "ddk_alpha": NumberRule(low=0, high=1, hint="0.5 is DDK's value"),
-    "ddk_eval_batches": NumberRule(low=1),
+    "ddk_eval_batches": NumberRule(low=1, hint="None: no limit (ddk_eval_tokens sizes the evaluation)"),
+    "ddk_eval_tokens": NumberRule(low=2, hint="held-out label tokens per domain; None evaluates every held-out block"),
+    "ddk_ratio_temperature": NumberRule(low=0, low_open=True, hint="1 is the paper's update"),
+    "ddk_min_weight": NumberRule(low=0, high=1, hint="0 leaves the weights unbounded below"),
+    "ddk_max_weight": NumberRule(low=0, high=1, low_open=True, hint="1 leaves the weights unbounded above"),
     "lmbda": NumberRule(low=0, high=1, hint="the share of on-policy batches: 0 off-policy, 1 fully on-policy"),
     "max_new_tokens": NumberRule(low=1),
     "generation_temperature": NumberRule(low=0, high=100, hint="0 is greedy decoding, 1 samples the model as is"),
@@ -235,11 +239,13 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "DDK smoothing alpha in [0, 1]: r = alpha * psi + (1 - alpha) / N (0 keeps r uniform)."},
     )
     ddk_gap: str = field(
-        default="perplexity",
+        default="log_perplexity",
         metadata={
-            "help": "DDK's domain gap l_S / l_T: 'perplexity' (the paper's: the ratio of the student's and the "
-            "teacher's perplexity on the domain's validation data, exp of the mean token CE over all processes) or "
-            "'cross_entropy' (the ratio of the mean token CEs: a much flatter signal; hf_distill <= 0.2).",
+            "help": "DDK's domain gap: 'log_perplexity' (default: the log of the student/teacher "
+            "perplexity ratio on the domain's validation data, CE_S - CE_T, so g is the perplexity ratio itself: to "
+            "first order the paper's update while the ratios are near 1, far less sensitive to measurement noise "
+            "when they are large), 'perplexity' (the paper's: g = exp(ppl_S / ppl_T), exp of the mean token CE over "
+            "all processes) or 'cross_entropy' (the ratio of the mean token CEs; hf_distill <= 0.2).",
             "choices": list(GAPS),
         },
     )
@@ -247,11 +253,35 @@ class DistillationConfig(TrainingArguments):
         default=True,
         metadata={"help": "DDK smoothed update (DDK eq. 4-5); False uses r = softmax(l_S / l_T)."},
     )
-    ddk_eval_batches: int = field(
-        default=8,
+    ddk_eval_tokens: int | None = field(
+        default=4096,
         metadata={
-            "help": "DDK: batches of per_device_eval_batch_size per domain and process evaluated at each update."
+            "help": "DDK: held-out label tokens per domain (all processes together) the student and, once, the "
+            "teacher are measured on at each update: a fixed random sample of the domain's validation blocks. "
+            "None: every block."
         },
+    )
+    ddk_eval_batches: int | None = field(
+        default=None,
+        metadata={
+            "help": "DDK: at most this many batches of per_device_eval_batch_size per domain and process at each "
+            "update (on top of ddk_eval_tokens; None: no limit)."
+        },
+    )
+    ddk_ratio_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "DDK: the ratios are divided by this temperature inside the update's softmax, g = exp(ratio / T) "
+            "(1 is the paper's; larger flattens the mixture)."
+        },
+    )
+    ddk_min_weight: float = field(
+        default=0.0,
+        metadata={"help": "DDK: lower bound of every domain's weight after each update (N * min <= 1; 0: none)."},
+    )
+    ddk_max_weight: float = field(
+        default=1.0,
+        metadata={"help": "DDK: upper bound of every domain's weight after each update (N * max >= 1; 1: none)."},
     )
     ddk_initial_weights: str | None = field(
         default=None,
@@ -364,6 +394,11 @@ class DistillationConfig(TrainingArguments):
             logger.warning(
                 f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} > max_steps={self.max_steps}: DDK "
                 "never updates the domain mixture in this run (it stays at ddk_initial_weights)."
+            )
+        if self.ddk_min_weight > self.ddk_max_weight:
+            raise ValueError(
+                f"DistillationConfig.ddk_min_weight={self.ddk_min_weight} > ddk_max_weight={self.ddk_max_weight}: "
+                "the lower bound of the domain weights must not exceed the upper one."
             )
         try:
             weights = parse_domain_weights(self.ddk_initial_weights)

@@ -88,7 +88,7 @@ class ScriptArguments:
         default=None,
         metadata={
             "help": "Texts held out per domain for DDK's validation, disjoint from the table's (default: "
-            "validation_size; unused without DDK)."
+            "validation_size; unused without DDK). They should hold at least ddk_eval_tokens tokens per domain."
         },
     )
     split_seed: int = field(
@@ -324,6 +324,24 @@ def weight_history(trainer: DistillationTrainer) -> tuple[list[int], dict[str, l
     return steps, {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
 
+def ddk_updates(trainer: DistillationTrainer) -> list[dict[str, Any]]:
+    """Each DDK update as measured: per domain the student's CE, the ratio with its standard error and the new weight
+    (the teacher's CE, measured once, under `step` 0)."""
+    callback = trainer.ddk_callback
+    if callback is None or callback.teacher_losses is None:
+        return []
+    names = trainer.domain_sampler.domain_names
+    rows = [{"step": 0, "teacher_loss": dict(zip(names, callback.teacher_losses, strict=True))}]
+    for update in callback.updates:
+        row = {"step": update["step"]}
+        for key, name in (("student_losses", "student_loss"), ("ratios", "ratio"), ("ratio_se", "ratio_se"),
+                          ("weights", "weight")):  # fmt: skip
+            if key in update:  # an update restored from an earlier release's checkpoint has no ratios
+                row[name] = dict(zip(names, update[key], strict=True))
+        rows.append(row)
+    return rows
+
+
 @contextmanager
 def phase(trainer: DistillationTrainer, what: str) -> Iterator[None]:
     """Print `[phase] what: N s` when a phase of the recipe ends (main process)."""
@@ -396,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps, history = weight_history(trainer)
     final = {name: values[-1] for name, values in history.items()}
     summary = {"loss": results, "perplexity": {k: {d: math.exp(v) for d, v in r.items()} for k, r in results.items()}}
-    summary.update({"ddk_steps": steps, "ddk_weights": history})
+    summary.update({"ddk_steps": steps, "ddk_weights": history, "ddk_updates": ddk_updates(trainer)})
 
     trainer.model_card_info.update(
         dataset_name=script.dataset_name, results=results, teacher_name=script.teacher_model

@@ -27,7 +27,8 @@ def test_ddk_overhead_benchmark_prints_its_table():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = proc.stdout.splitlines()[-1].split()
-    assert row[:3] == ["2", "1", "2"] and row[-1].endswith("%") and row[-2].endswith("%")
+    assert row[:3] == ["2", "1", "1"]  # K 2, one eval batch, one update (none at the last step, 4)
+    assert row[-1].endswith("%") and row[-2].endswith("%")
     assert float(row[4]) >= float(row[5]) > 0  # the DDK time holds the teacher's one-time evaluation
 
 
@@ -78,3 +79,18 @@ def test_cache_speed_benchmark_prints_its_table():
     assert (
         lines[3].startswith("live teacher") and lines[4].startswith("cache k=8") and lines[4].split()[4].endswith("x")
     )
+
+
+def test_ddk_gap_noise_benchmark_prints_its_table():
+    cmd = [sys.executable, str(ROOT / "recipes" / "benchmarks" / "ddk_gap_noise.py"), "--tokens", "256", "2048",
+           "--repeats", "20", "--validation_size", "8", "--ddk_validation_size", "16",
+           "--block_size", "64"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["arithmetic"], ["code"],
+            ["dna"], ["prose"])]  # fmt: skip
+    assert [row[0] for row in rows] == ["arithmetic"] * 2 + ["code"] * 2 + ["dna"] * 2 + ["prose"] * 2
+    for small, large in zip(rows[::2], rows[1::2], strict=True):
+        assert int(small[2]) <= int(large[2])  # more blocks for the larger budget
+        assert float(small[3]) == float(large[3])  # the same log ratio over all held-out blocks
+        assert float(large[4]) <= float(small[4]) * 1.2  # the standard error does not grow with the sample

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEMO, RECIPE, ROOT
@@ -67,7 +68,7 @@ def test_demo_default_runs_offline_prints_the_table_and_favours_the_lagging_doma
     gap = sorted(after, key=lambda d: before[d] - teacher[d], reverse=True)
     final = {d: values[-1] for d, values in results["ddk_weights"].items()}
     assert min(final[d] for d in gap[:2]) > max(final[d] for d in gap[2:]), (gap, final)
-    assert results["ddk_steps"] == list(range(0, 321, 40)) and all(
+    assert results["ddk_steps"] == list(range(0, 320, 40)) and all(  # no update at the last step (320)
         v[0] == 0.25 for v in results["ddk_weights"].values()
     )
     assert (out / "ddk_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -84,7 +85,7 @@ def test_cpu_accelerate_config_runs_the_recipe_on_two_processes(tmp_path):
                     str(out), "--max_steps", "12", "--ddk_update_steps", "6", "--disable_tqdm", "true"])  # fmt: skip
     assert proc.stdout.count("Done: student saved") == 1 and "2 process(es)" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["ddk_steps"] == [0, 6, 12]
+    assert results["ddk_steps"] == [0, 6]  # none at the last step (12)
     # the table is computed over both processes' shares of the held-out blocks: it equals the single-process loop
     reference = _naive_losses(str(out))
     for domain, value in reference.items():
@@ -148,11 +149,11 @@ FAST = ["--max_steps", "8", "--ddk_update_steps", "4", "--ddk_eval_batches", "2"
 
 
 def _counted_run(monkeypatch, argv):
-    """Run the recipe in-process; return its trainer and the batches each `batch_losses` call evaluated."""
+    """Run the recipe in-process; return its trainer and the batches each `block_losses` call evaluated."""
     from hf_distill.ddk.evaluator import DomainEvaluator
 
     captured, calls = {}, []
-    build, batch_losses = ddk.build, DomainEvaluator.batch_losses
+    build, block_losses = ddk.build, DomainEvaluator.block_losses
 
     def capture(argv=None):
         captured["trainer"], script, captured["data"] = build(argv)
@@ -160,10 +161,10 @@ def _counted_run(monkeypatch, argv):
 
     def count(self, model, batches, names):
         calls.append((model, sum(len(b) for b in batches)))
-        return batch_losses(self, model, batches, names)
+        return block_losses(self, model, batches, names)
 
     monkeypatch.setattr(ddk, "build", capture)
-    monkeypatch.setattr(DomainEvaluator, "batch_losses", count)
+    monkeypatch.setattr(DomainEvaluator, "block_losses", count)
     ddk.main(argv)
     return captured["trainer"], captured["data"], calls
 
@@ -175,10 +176,10 @@ def test_each_phase_prints_a_line_and_the_teacher_evaluates_each_held_out_batch_
                   "table: student after"):  # fmt: skip
         assert sum(phase in line for line in out.splitlines() if line.startswith("[phase] ")) == 1, phase
     assert [line.split(" (")[0] for line in err.splitlines() if line.startswith("DDK update at step")] == [
-        "DDK update at step 4", "DDK update at step 8"
-    ]  # fmt: skip
+        "DDK update at step 4"
+    ]  # fmt: skip (none at the last step, 8)
     table = trainer.domain_evaluator.collate(data["validation"], 2)
-    own = trainer.domain_evaluator.collate(data["ddk_validation"], 2)
+    own = trainer.domain_evaluator.collate(data["ddk_validation"], 2, trainer.args.ddk_eval_tokens)
     teacher_calls = [n for model, n in calls if model is trainer.teacher]
     assert teacher_calls == [sum(map(len, table)), sum(map(len, own))]  # the table's once, DDK's once
     assert all("step" in h for h in trainer.state.log_history)
@@ -214,25 +215,87 @@ def test_a_static_mixture_runs_through_the_recipe_without_any_ddk_evaluation(mon
     assert not [h for h in trainer.state.log_history if any(k.startswith("ddk/") for k in h)]
 
 
-@pytest.mark.slow
-def test_the_ablation_runs_each_condition_per_seed_and_summarises_the_perplexity_ratios(tmp_path, capsys):
+PICKS = (("worst", lambda ratios: max(ratios.values())), ("mean", lambda ratios: sum(ratios.values()) / len(ratios)))
+
+
+def _paired_reference(values, baseline):
+    """Per-seed differences and scipy's paired t statistic: an independent recomputation of the ablation's summary."""
+    from scipy import stats
+
+    differences = [v - b for v, b in zip(values, baseline, strict=True)]
+    return differences, float(stats.ttest_rel(values, baseline).statistic)
+
+
+def test_the_ablation_summary_pairs_the_seeds_as_scipy_does():
     import ddk_ablation
 
-    short = ["--max_steps", "4", "--ddk_update_steps", "2", "--ddk_eval_batches", "1", "--validation_size", "8",
+    rng = np.random.default_rng(0)
+    runs = {
+        name: {seed: {d: float(rng.uniform(1, 3)) for d in ("x", "y", "z")} for seed in (0, 1, 2, 5)}
+        for name in ("A", "B")
+    }
+    del runs["A"][5]  # a run cut short: A has 3 seeds, the baseline 4
+    summary = ddk_ablation.summarise(runs, "B")
+    for metric, pick in PICKS:
+        values = [pick(runs["A"][seed]) for seed in (0, 1, 2)]
+        baseline = [pick(runs["B"][seed]) for seed in (0, 1, 2)]
+        differences, t = _paired_reference(values, baseline)
+        cell = summary["A"][metric]["vs_baseline"]
+        assert cell["seeds"] == [0, 1, 2] and cell["df"] == 2
+        assert cell["differences"] == pytest.approx(differences, rel=1e-12)
+        assert cell["t"] == pytest.approx(t, rel=1e-9)
+        assert summary["A"][metric]["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    assert "vs_baseline" not in summary["B"]["worst"]
+    text = ddk_ablation.table(summary, "B")
+    assert "paired difference from 'B'" in text and "t = " in text
+
+
+@pytest.mark.slow
+def test_the_ablation_keeps_each_runs_log_interleaves_seeds_and_reports_paired_differences(tmp_path, capsys):
+    import ddk_ablation
+
+    short = ["--max_steps", "5", "--ddk_update_steps", "2", "--validation_size", "8", "--ddk_validation_size", "8",
              "--block_size", "64", "--per_device_train_batch_size", "4"]  # fmt: skip
-    summary = ddk_ablation.main(["--seeds", "0", "1", "--output_dir", str(tmp_path), "--", *short])
-    assert set(summary) == {"DDK", "w/o FS", "equal sampling"}
-    for condition, name in (("DDK", "DDK"), ("w/o FS", "wo_FS"), ("equal sampling", "equal_sampling")):
+    argv = ["--seeds", "0", "1", "--conditions", "equal sampling", "--condition",
+            "DDK T=4: --ddk_ratio_temperature 4", "--output_dir", str(tmp_path), "--", *short]  # fmt: skip
+    summary = ddk_ablation.main(argv)
+    out = capsys.readouterr().out
+    names = ["equal sampling", "DDK T=4"]
+    order = [
+        line.split(", seed ")[0] + f"/{line.split(', seed ')[1][0]}" for line in out.splitlines() if ", seed " in line
+    ]
+    assert order == [f"{name}/{seed}" for seed in (0, 1) for name in names]  # every condition of seed 0 first
+    ablation = json.loads((tmp_path / "ablation.json").read_text())
+    assert ablation["summary"] == json.loads(json.dumps(summary)) and ablation["baseline"] == "equal sampling"
+    folders = {"equal sampling": "equal_sampling", "DDK T=4": "DDK_T_4"}
+    per_run = {}
+    for name in names:
         for seed in (0, 1):
-            results = json.loads((tmp_path / f"{name}-seed{seed}" / "results.json").read_text())
-            ratio = {d: math.exp(results["loss"]["student-after"][d] - results["loss"]["teacher"][d])
-                     for d in results["loss"]["teacher"]}  # fmt: skip
-            assert summary[condition]["worst"][seed] == pytest.approx(max(ratio.values()))
-            assert summary[condition]["mean"][seed] == pytest.approx(sum(ratio.values()) / len(ratio))
-            weights = results["ddk_weights"]
-            assert (results["ddk_steps"] == [0]) == (condition == "equal sampling")
-            assert all(len(set(w)) == 1 for w in weights.values()) == (condition == "equal sampling")
-    assert "equal sampling" in capsys.readouterr().out
+            folder = tmp_path / f"{folders[name]}-seed{seed}"
+            log = (folder / "run.log").read_text()
+            assert "[phase] training" in log and "Per-domain perplexity" in log
+            assert ("DDK update at step 2" in log) == (name != "equal sampling")
+            assert ("DDK update at step 4" in log) == (name != "equal sampling")  # none at the last step (5)
+            assert ("--ddk_ratio_temperature" in json.loads((folder / "command.json").read_text())) == (
+                name == "DDK T=4"
+            )
+            results = json.loads((folder / "results.json").read_text())
+            loss = results["loss"]
+            per_run[name, seed] = {d: math.exp(loss["student-after"][d] - loss["teacher"][d]) for d in loss["teacher"]}
+    name = "DDK T=4"
+    for metric, pick in PICKS:
+        values = [pick(per_run[name, seed]) for seed in (0, 1)]
+        baseline = [pick(per_run["equal sampling", seed]) for seed in (0, 1)]
+        differences, t = _paired_reference(values, baseline)
+        cell = summary[name][metric]["vs_baseline"]
+        assert summary[name][metric]["values"] == {"0": pytest.approx(values[0]), "1": pytest.approx(values[1])}
+        assert cell["differences"] == pytest.approx(differences, rel=1e-12)
+        assert cell["t"] == pytest.approx(t, rel=1e-9) or (math.isnan(cell["t"]) and math.isnan(t))
+    assert "paired difference from 'equal sampling'" in out
+    # run again: every run is found done with the same command and reused, not repeated
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")}
+    assert ddk_ablation.main(argv) == summary
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/results.json")} == stamps
 
 
 def test_streaming_holds_out_each_domains_first_texts_and_trains_on_a_stream_of_the_rest(monkeypatch, tmp_path):
@@ -259,7 +322,7 @@ def test_streaming_holds_out_each_domains_first_texts_and_trains_on_a_stream_of_
         assert {row["text"] for row in stream} == set(distinct[28:])  # every other text, and no held-out one
     assert isinstance(trainer.train_dataset, DomainStream) and trainer.state.global_step == 8
     results = json.loads((tmp_path / "stream" / "results.json").read_text())
-    assert results["ddk_steps"] == [0, 4, 8] and set(results["perplexity"]["student-after"]) == set(files)
+    assert results["ddk_steps"] == [0, 4] and set(results["perplexity"]["student-after"]) == set(files)
     shares = [h for h in trainer.state.log_history if "domain_share/code" in h]
     assert len(shares) == 8 and all(abs(sum(h[f"domain_share/{d}"] for d in files) - 1) < 1e-6 for h in shares)
 

@@ -40,12 +40,21 @@ def test_two_processes_equal_one_process_with_double_batch(tmp_path):
 
 @pytest.mark.slow
 def test_ddk_two_processes_share_weights_and_split_one_stream(tmp_path):
+    single = tmp_path / "single"
+    single.mkdir()
+    _run([sys.executable, str(DDK_SCRIPT), str(single)])
     launch_two(DDK_SCRIPT, tmp_path, port=29518)
     rank0, rank1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
-    # identical weights after every update (3 updates in 6 steps), on both processes
-    assert len(rank0["updates"]) == 3 and rank0["updates"] == rank1["updates"]
-    assert rank0["sampler"] == rank1["sampler"] and len(rank0["sampler"]["history"]) == 4
+    # the teacher's per-block losses gathered from both processes (4 blocks on one, 3 on the other) are those of one
+    # process evaluating all 7, in the same order
+    one = json.loads((single / "rank0.json").read_text())["teacher_blocks"]
+    assert rank0["teacher_blocks"] == rank1["teacher_blocks"]
+    for (sums, counts), (ref_sums, ref_counts) in zip(rank0["teacher_blocks"], one, strict=True):
+        assert counts == ref_counts == [15] * 7 and sums == pytest.approx(ref_sums, rel=1e-5)
+    # identical weights after every update (2 updates in 6 steps: none at the last), on both processes
+    assert len(rank0["updates"]) == 2 and rank0["updates"] == rank1["updates"]
+    assert rank0["sampler"] == rank1["sampler"] and len(rank0["sampler"]["history"]) == 3
     assert rank0["teacher_losses"] == rank1["teacher_losses"]
     # each step: disjoint examples, and together exactly the next global batch of the one shared stream
     stream = DomainWeightedSampler(rank0["labels"], seed=0)
@@ -76,7 +85,7 @@ def test_ddk_on_a_stream_two_processes_share_the_draws_read_their_own_parts_and_
     launch_two(STREAM_SCRIPT, tmp_path, port=29520)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     full = [r["full"] for r in ranks]
-    assert full[0]["world_size"] == 2 and len(full[0]["updates"]) == 3
+    assert full[0]["world_size"] == 2 and len(full[0]["updates"]) == 2
     assert full[0]["updates"] == full[1]["updates"] and full[0]["history"] == full[1]["history"]
     # the global stream: micro-batch k of rank 0, then of rank 1 (4 blocks each), follows the one weighted draw
     mixture = DomainMixture(DOMAINS, seed=0)

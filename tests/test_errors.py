@@ -1,5 +1,7 @@
 """Bad input fails before training with a message naming the field, the value and the fix."""
 
+import math
+
 import pytest
 import torch
 from conftest import PadCollator, lm_dataset, make_config, tiny_bert_cls, tiny_llama
@@ -152,6 +154,13 @@ def _domains(names=("a", "b", "c"), n=8):
         ("ddk_alpha", 1.5, r"ddk_alpha=1.5 must be a finite number >= 0 and <= 1"),
         ("ddk_alpha", -0.1, r"ddk_alpha=-0.1 must be a finite number >= 0 and <= 1"),
         ("ddk_eval_batches", 0, r"ddk_eval_batches=0 must be an integer >= 1"),
+        ("ddk_eval_tokens", 1, r"ddk_eval_tokens=1 must be an integer >= 2 \(held-out label tokens per domain"),
+        ("ddk_ratio_temperature", 0.0, r"ddk_ratio_temperature=0.0 must be a finite number > 0 \(1 is the paper"),
+        ("ddk_ratio_temperature", math.inf, r"ddk_ratio_temperature=inf must be a finite number > 0"),
+        ("ddk_min_weight", -0.1, r"ddk_min_weight=-0.1 must be a finite number >= 0 and <= 1"),
+        ("ddk_max_weight", 0.0, r"ddk_max_weight=0.0 must be a finite number > 0 and <= 1"),
+        ("ddk_max_weight", 1.5, r"ddk_max_weight=1.5 must be a finite number > 0 and <= 1"),
+        ("ddk_gap", "kl", r"ddk_gap='kl' is not supported; choose one of \['perplexity', 'cross_entropy', 'log_"),
         ("ddk_initial_weights", "a=0.5,b=0.6", r"ddk_initial_weights='a=0.5,b=0.6': .*sum to 1 \(they sum to 1.1\)"),
         ("ddk_initial_weights", "a=1.5,b=-0.5", r"ddk_initial_weights=.*weights must be >= 0"),
         ("ddk_initial_weights", "a=0.5,b", r"ddk_initial_weights='a=0.5,b': cannot parse"),

@@ -117,6 +117,8 @@ def _assert_close(actual, expected, path: str) -> None:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_numbers_are_those_recorded_before_the_redesign(name, tmp_path):
     expected = json.loads(RECORD.read_text())[name]
+    if name == "ddk":  # 0.1 also updated at the last step (6), whose weights were never used: no longer computed
+        expected["updates"] = [update for update in expected["updates"] if update["step"] < 6]
     _assert_close(RUNS[name](tmp_path), expected, name)
 
 

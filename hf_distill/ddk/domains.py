@@ -13,6 +13,7 @@ from .data import DomainCollator, concatenate_domains, domain_ids, split_by_doma
 from .mixture import DomainMixture
 from .sampler import DomainWeightedSampler
 from .stream import DomainStream
+from .update import check_weight_bounds
 
 
 class TrainingDomains:
@@ -87,6 +88,7 @@ class TrainingDomains:
                     "teacher, but no term uses the teacher (gamma, hidden_weight and attention_weight are 0)."
                 )
             domains.validation = domains._validation_sets(ddk_eval_dataset, eval_dataset)
+            domains._check_bounds(args.ddk_min_weight, args.ddk_max_weight)
         return train_dataset, domains
 
     @staticmethod
@@ -124,6 +126,19 @@ class TrainingDomains:
             raise ValueError(
                 f"DistillationConfig.ddk_initial_weights gives no weight to domains {missing}: give one weight "
                 f"per domain of {names}."
+            )
+
+    def _check_bounds(self, low: float, high: float) -> None:
+        """DDK's weight bounds must admit a mixture of these domains, the initial one included."""
+        try:
+            check_weight_bounds(low, high, len(self.names))
+        except ValueError as error:
+            raise ValueError(f"DistillationConfig.ddk_min_weight={low} / ddk_max_weight={high}: {error}") from None
+        outside = {n: w for n, w in (self.initial_weights or {}).items() if not low <= w <= high}
+        if outside:
+            raise ValueError(
+                f"DistillationConfig.ddk_initial_weights gives {outside}, outside ddk_min_weight={low} / "
+                f"ddk_max_weight={high}: start from weights within the bounds (or widen them)."
             )
 
     def _validation_sets(self, ddk_eval_dataset: Any, eval_dataset: Any) -> dict[str, Dataset]:

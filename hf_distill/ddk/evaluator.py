@@ -1,11 +1,14 @@
-"""`DomainEvaluator`: the mean token cross-entropy of a model on each domain's held-out data, over all processes."""
+"""`DomainEvaluator`: the mean token cross-entropy of a model on each domain's held-out data, over all processes, with
+the per-block sums its standard error needs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import send_to_device
 from datasets import Dataset
@@ -14,8 +17,32 @@ from ..losses import cross_entropy_loss
 from ..on_policy.collator import PROMPT_KEYS
 from ..parallel import shards_parameters
 from .data import DOMAIN_IDS
+from .estimate import DomainEstimate
 
-Batches = list[list[dict[str, Any]]]
+SELECTION_SEED = 0  # the order in which blocks are drawn for a token budget: the same in every run and for both models
+
+
+@dataclass
+class DomainBatches:
+    """
+    One domain's evaluation batches on this process.
+
+    Args:
+        batches (`list[dict]`): This process's collated batches (under sharded parameters, filler batches last).
+        blocks (`list[list[int]]`): For each of this process's own batches, the positions of its rows among the
+            domain's selected blocks (fillers have none).
+        selected (`int`): Blocks selected for the domain, all processes together.
+    """
+
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    blocks: list[list[int]] = field(default_factory=list)
+    selected: int = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+Batches = list[DomainBatches]
 
 
 class DomainEvaluator:
@@ -59,21 +86,64 @@ class DomainEvaluator:
         self.vocab_size, self.chunk_size, self.autocast = vocab_size, chunk_size, autocast
         self.validation = dict(validation) if validation is not None else None
 
-    def collate(self, datasets: Mapping[str, Dataset], max_batches: int | None = None) -> Batches:
-        """This process's batches of each domain: the first `max_batches` batches per process (or all)."""
+    def collate(
+        self, datasets: Mapping[str, Dataset], max_batches: int | None = None, max_tokens: int | None = None
+    ) -> Batches:
+        """
+        This process's batches of each domain.
+
+        Without `max_tokens`, the domain's first rows (the first `max_batches` batches per process, or all). With
+        `max_tokens`, rows drawn in a fixed random order (the same in every run, so student and teacher, and runs of
+        other seeds, see the same blocks) until their label tokens reach `max_tokens` (all processes together), also
+        stopping at `max_batches` batches per process: a random sample of the domain's blocks, so that neighbouring
+        blocks of one text do not make up the sample and the standard error of [`DomainEstimate`] holds.
+        """
         processes, rank = self.accelerator.num_processes, self.accelerator.process_index
-        size, batches = self.batch_size, []
+        size, out = self.batch_size, []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for dataset in datasets.values():
                 dataset = self.prepare_dataset(dataset)
-                take = len(dataset) if max_batches is None else min(len(dataset), max_batches * size * processes)
-                rows = [i for i in range(take) if (i // size) % processes == rank]
-                own = [self.collator([dataset[i] for i in rows[k : k + size]]) for k in range(0, len(rows), size)]
+                rows = self.select(dataset, max_batches, max_tokens)
+                mine = [k for k in range(len(rows)) if (k // size) % processes == rank]
+                blocks = [mine[k : k + size] for k in range(0, len(mine), size)]
+                domain = DomainBatches(
+                    [self.collator([dataset[rows[p]] for p in b]) for b in blocks], blocks, len(rows)
+                )
                 if shards_parameters(self.accelerator):  # every process must run as many forwards as the others
-                    own += self._fillers(dataset, -(-take // (size * processes)) - len(own))
-                batches.append(own)
-        return batches
+                    domain.batches += self._fillers(dataset, -(-len(rows) // (size * processes)) - len(blocks))
+                out.append(domain)
+        return out
+
+    def select(self, dataset: Dataset, max_batches: int | None = None, max_tokens: int | None = None) -> list[int]:
+        """The rows of `dataset` to evaluate, in order (see [`collate`])."""
+        cap = (
+            len(dataset)
+            if max_batches is None
+            else min(len(dataset), max_batches * self.batch_size * self.accelerator.num_processes)
+        )
+        if max_tokens is None:
+            return list(range(cap))
+        order = np.random.default_rng(SELECTION_SEED).permutation(len(dataset))[:cap].tolist()
+        rows, tokens = [], 0
+        for start in range(0, len(order), self.batch_size):  # label tokens counted a batch of candidates at a time
+            group = order[start : start + self.batch_size]
+            counts = self.label_counts(self.collator([dataset[r] for r in group])).tolist()
+            for row, count in zip(group, counts, strict=True):
+                if tokens >= max_tokens:
+                    return rows
+                rows.append(row)
+                tokens += int(count)
+        return rows
+
+    def label_counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The label tokens of each row of a collated batch (after the causal shift)."""
+        labels = batch.get("labels")
+        if labels is None:
+            raise ValueError(
+                "The domain evaluation batches have no `labels`: use the training data collator's format."
+            )
+        return (labels[:, 1:] if self.task == "causal_lm" else labels).ne(-100).reshape(len(labels), -1).sum(1)
 
     def _fillers(self, dataset: Dataset, count: int) -> list[dict[str, Any]]:
         """`count` batches that count nothing (the domain's first rows, every label ignored): under ZeRO-3 / FSDP
@@ -86,14 +156,12 @@ class DomainEvaluator:
         return [batch] * count
 
     @torch.inference_mode()
-    def token_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed token cross-entropy of `model` on one batch (on this process's device), and its label tokens."""
+    def row_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy of `model` on each row of one batch (on this process's device), and each row's
+        label tokens."""
+        counts = self.label_counts(batch)
         inputs = dict(batch)
-        labels = inputs.pop("labels", None)
-        if labels is None:
-            raise ValueError(
-                "The domain evaluation batches have no `labels`: use the training data collator's format."
-            )
+        labels = inputs.pop("labels")
         for key in (DOMAIN_IDS, *PROMPT_KEYS):  # domain ids, prompts of prompt/completion data
             inputs.pop(key, None)
         with self.autocast():
@@ -101,27 +169,48 @@ class DomainEvaluator:
         if self.task == "causal_lm":
             logits, labels = logits[:, :-1], labels[:, 1:]
         logits = logits[..., : self.vocab_size]
-        return cross_entropy_loss(logits, labels, self.chunk_size), labels.ne(-100).sum()
+        sums = torch.stack([cross_entropy_loss(logits[i], labels[i], self.chunk_size) for i in range(len(labels))])
+        return sums, counts
+
+    def token_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy of `model` on one batch (on this process's device), and its label tokens."""
+        sums, counts = self.row_cross_entropy(model, batch)
+        return sums.sum(), counts.sum()
 
     @torch.inference_mode()
-    def batch_losses(self, model: torch.nn.Module, batches: Batches, names: list[str]) -> list[float]:
-        """Mean token cross-entropy of `model` on each domain's batches ([`collate`]), over all processes."""
-        device = self.accelerator.device
-        sums = torch.zeros(len(batches), 2, dtype=torch.float64, device=device)
+    def block_losses(self, model: torch.nn.Module, batches: Batches, names: list[str]) -> list[DomainEstimate]:
+        """
+        The token cross-entropy of `model` on each selected block of each domain ([`collate`]), gathered from all
+        processes in the blocks' order (blocks without a label token left out).
+        """
+        device, width = self.accelerator.device, max((domain.selected for domain in batches), default=0)
+        sums = torch.zeros(len(batches), width, 2, dtype=torch.float64, device=device)
         was_training = model.training
         model.eval()
-        for i, domain_batches in enumerate(batches):
-            for batch in domain_batches:
-                loss, count = self.token_cross_entropy(model, send_to_device(batch, device))
-                sums[i, 0] += loss.double()
-                sums[i, 1] += count
+        for i, domain in enumerate(batches):
+            for k, batch in enumerate(domain.batches):
+                loss, count = self.row_cross_entropy(model, send_to_device(batch, device))
+                if k < len(domain.blocks):  # fillers count nothing
+                    positions = torch.tensor(domain.blocks[k], device=device)
+                    sums[i, positions, 0] = loss.double()
+                    sums[i, positions, 1] = count.double()
         model.train(was_training)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        for name, count in zip(names, sums[:, 1].tolist(), strict=True):
-            if count == 0:
+        estimates = []
+        for i, (name, domain) in enumerate(zip(names, batches, strict=True)):
+            values = sums[i, : domain.selected].cpu()
+            kept = values[:, 1] > 0
+            if not kept.any():
                 raise ValueError(f"The evaluation data of domain {name!r} has no label tokens: fix its labels.")
-        return (sums[:, 0] / sums[:, 1]).tolist()
+            estimates.append(
+                DomainEstimate(tuple(values[kept, 0].tolist()), tuple(int(c) for c in values[kept, 1].tolist()))
+            )
+        return estimates
+
+    def batch_losses(self, model: torch.nn.Module, batches: Batches, names: list[str]) -> list[float]:
+        """Mean token cross-entropy of `model` on each domain's batches ([`collate`]), over all processes."""
+        return [estimate.mean for estimate in self.block_losses(model, batches, names)]
 
     def evaluate(
         self, model: torch.nn.Module, datasets: Mapping[str, Dataset] | None = None, max_batches: int | None = None

@@ -32,7 +32,12 @@ def student_card(
     """
     losses = describe(active_terms(args), args)
     if args.ddk_update_steps is not None:
-        losses.update(ddk_update_steps=args.ddk_update_steps, ddk_alpha=args.ddk_alpha, ddk_gap=args.ddk_gap)
+        losses.update(
+            ddk_update_steps=args.ddk_update_steps, ddk_alpha=args.ddk_alpha, ddk_gap=args.ddk_gap,
+            ddk_ratio_temperature=args.ddk_ratio_temperature, ddk_eval_tokens=args.ddk_eval_tokens,
+        )  # fmt: skip
+        if (args.ddk_min_weight, args.ddk_max_weight) != (0.0, 1.0):
+            losses.update(ddk_min_weight=args.ddk_min_weight, ddk_max_weight=args.ddk_max_weight)
     return distillation_model_card(
         model_name=info.get("model_name") or (args.hub_model_id or Path(args.output_dir).name).split("/")[-1],
         student_base=getattr(student, "name_or_path", None),

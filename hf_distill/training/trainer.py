@@ -179,7 +179,7 @@ class DistillationTrainer(Trainer):
         if args.ddk_update_steps is not None:
             parts = DDKParts(
                 self.domains, self.domain_evaluator, self.teacher_setup.model, self.log, args.train_batch_size,
-                args.ddk_eval_batches,
+                args.ddk_eval_batches, args.ddk_eval_tokens,
             )  # fmt: skip
             self.add_callback(DDKAttach(self.callback_handler.callbacks, parts))
             self.add_callback(DDKCallback())

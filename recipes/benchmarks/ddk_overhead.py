@@ -50,7 +50,7 @@ def run(
 ) -> tuple[float, float, float]:
     """`(train seconds, DDK seconds, of which the teacher's one-time evaluation)`."""
     spent, teacher = [0.0], [0.0]
-    original, domain_losses = DDKCallback.update, DDKCallback.domain_losses
+    original, domain_estimates = DDKCallback.update, DDKCallback.domain_estimates
 
     def timed(self, *args, **kwargs):
         start = time.perf_counter()
@@ -59,20 +59,21 @@ def run(
         finally:
             spent[0] += time.perf_counter() - start
 
-    def timed_losses(self, model):
+    def timed_estimates(self, model):
         start = time.perf_counter()
         try:
-            return domain_losses(self, model)
+            return domain_estimates(self, model)
         finally:
             if model is self.parts.teacher:
                 teacher[0] += time.perf_counter() - start
 
-    DDKCallback.update, DDKCallback.domain_losses = timed, timed_losses
+    DDKCallback.update, DDKCallback.domain_estimates = timed, timed_estimates
     try:
         with tempfile.TemporaryDirectory() as out:
             args = DistillationConfig(
                 output_dir=out, max_steps=steps, per_device_train_batch_size=batch,
                 per_device_eval_batch_size=eval_batch, ddk_update_steps=update_steps, ddk_eval_batches=eval_batches,
+                ddk_eval_tokens=None,  # sized by the batch count (every example of the held-out sets)
                 report_to="none", save_strategy="no", logging_steps=50, disable_tqdm=True, use_cpu=True,
             )  # fmt: skip
             trainer = DistillationTrainer(
@@ -87,7 +88,7 @@ def run(
             trainer.train()
             total = time.perf_counter() - start
     finally:
-        DDKCallback.update, DDKCallback.domain_losses = original, domain_losses
+        DDKCallback.update, DDKCallback.domain_estimates = original, domain_estimates
     return total, spent[0], teacher[0]
 
 
@@ -111,7 +112,7 @@ def main() -> None:
     for update_steps in args.update_steps:
         for eval_batches in args.eval_batches:
             total, ddk, teacher = run(args.steps, update_steps, eval_batches, args.batch, args.length, eval_batch)
-            updates = args.steps // update_steps
+            updates = (args.steps - 1) // update_steps  # none at the last step
             recurring = (ddk - teacher) / (total - teacher)  # the student's evaluations: the share of a long run
             print(f"{update_steps:>5} {eval_batches:>12} {updates:>8} {total:>8.1f} {ddk:>7.2f} {teacher:>9.2f} "
                   f"{ddk / total:>10.1%} {recurring:>10.1%}", flush=True)  # fmt: skip

