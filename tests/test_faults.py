@@ -319,7 +319,8 @@ TOKEN = "hf_FAKEtokenNEVERprinted0123456789abcdef"
 
 
 class _FailingHub(BaseHTTPRequestHandler):
-    """A Hub that creates repositories and refuses every upload; records the Authorization headers it saw."""
+    """A Hub that creates repositories and refuses every upload, its error echoing the request's Authorization header
+    (as some proxies' error pages do); records the Authorization headers it saw."""
 
     seen: list[str] = []
 
@@ -330,7 +331,8 @@ class _FailingHub(BaseHTTPRequestHandler):
         if self.path == "/api/repos/create":
             self._reply(200, {"url": f"{host}/someone/student", "name": "someone/student"})
         else:
-            self._reply(403, {"error": "uploads are closed on this test hub"})
+            auth = self.headers.get("authorization", "")
+            self._reply(403, {"error": f"uploads are closed on this test hub (request: Authorization: {auth})"})
 
     do_GET = do_PUT = do_POST  # noqa: N815
 

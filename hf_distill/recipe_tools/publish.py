@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..files import one_line
+from ..redact import known_tokens, redact
 
 __all__ = ["fail", "save_then_push"]
 
@@ -24,8 +25,8 @@ def save_then_push(trainer: Any, write_local: Callable[[], None]) -> None:
     Save the student to `output_dir` (every process: ZeRO-3 / FSDP gather), write the run's other local artefacts
     with `write_local` (main process) and the model card, then push with `--push_to_hub`.
 
-    A failed push exits with code 1 and one line that says where the local files are (the token is never in it:
-    `huggingface_hub` errors hold URLs and request ids only).
+    A failed push exits with code 1 and one line that says where the local files are; the token is never in it
+    (credentials in the error, as a Hub or proxy error page that echoes the request, are redacted: [`redact`]).
     """
     args = trainer.args
     trainer.save_model(args.output_dir, _internal_call=True)  # no push yet: a failed push must lose nothing
@@ -37,8 +38,9 @@ def save_then_push(trainer: Any, write_local: Callable[[], None]) -> None:
     try:
         trainer.push_to_hub()
     except Exception as error:  # noqa: BLE001 - network, permissions, quota: one line, local files kept
+        reason = redact(one_line(error, limit=100_000), known_tokens(getattr(trainer, "_hub_token", None)))[:300]
         fail(
-            f"the push to {trainer.hub_model_id} failed ({one_line(error)}); the student and its files are saved in "
+            f"the push to {trainer.hub_model_id} failed ({reason}); the student and its files are saved in "
             f"{os.path.abspath(args.output_dir)}: push them with `hf upload` or re-run with --push_to_hub later.",
             1,
         )
