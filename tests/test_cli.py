@@ -54,11 +54,23 @@ def test_required_field_may_come_from_yaml(tmp_path):
         ("output_dir: o\nlearning_rat: 0.1\n", "'learning_rat' is not a field of DistillationConfig"),
         ("- a\n- b\n", "must be a mapping"),
         ("output_dir: [unclosed\n", "is not valid YAML"),
+        (
+            "output_dir: o\nlearning_rate: 0.1\nlearning_rate: 0.2\n",
+            r"the key 'learning_rate' is given twice \(lines 2 and 3\)",
+        ),
+        ("output_dir: o\nlr_scheduler_kwargs: {min_lr: 1, min_lr: 2}\n", "the key 'min_lr' is given twice"),
     ],
 )
 def test_bad_config_files_are_errors(tmp_path, text, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe_args((DistillationConfig,), ["--config", _write(tmp_path, text)])
+
+
+def test_a_prefix_of_a_field_name_is_not_taken_for_it():
+    with pytest.raises(RecipeError, match="unrecognized arguments: --learning_rat 0.1"):
+        parse_recipe_args((DistillationConfig,), ["--output_dir", "o", "--learning_rat", "0.1"])
+    (args,) = parse_recipe_args((DistillationConfig,), ["--output_dir", "o", "--learning_rate", "0.1"])
+    assert args.learning_rate == 0.1
 
 
 def test_missing_config_file_is_an_error(tmp_path):

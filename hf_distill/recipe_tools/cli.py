@@ -83,6 +83,7 @@ class RecipeArgumentParser(HfArgumentParser):
     whatever the help strings hold (a bare `%` is escaped)."""
 
     def __init__(self, dataclass_types: Sequence[type], **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)  # `--learning_rat 0.1` is an error, not `--learning_rate`
         super().__init__(dataclass_types, **kwargs)
         self.field_types = types = _field_types(dataclass_types)
         for action in self._actions:
@@ -192,7 +193,9 @@ def read_yaml_config(path: str) -> dict[str, Any]:
     except ValueError as error:
         raise RecipeError(f"--config {error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as duplicate:
+        raise RecipeError(f"--config {path!r}: {duplicate}") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"--config {path!r} is not valid YAML: {' '.join(str(error).split())}") from error
     if data is None:
@@ -200,6 +203,32 @@ def read_yaml_config(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecipeError(f"--config {path!r} must be a mapping of field: value, got {type(data).__name__}.")
     return data
+
+
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping."""
+
+
+def _unique_key_loader() -> type:
+    """A `yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise _DuplicateKey(
+                            f"the key {key!r} is given twice (lines {lines[key]} and {line}): keep one."
+                        )
+                    lines[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def parse_recipe_args(
@@ -246,4 +275,9 @@ def parse_recipe_args(
             actions[key].required = False
             config[key] = _coerce(actions[key], value, types[key], f"--config {path!r}")
         parser.set_defaults(**config)
-    return parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=args, look_for_args_file=False, return_remaining_strings=True
+    )
+    if remaining:  # a misspelt or abbreviated flag (no prefix matching): one line, like argparse's own errors
+        raise RecipeError(f"unrecognized arguments: {' '.join(remaining)} (see --help).")
+    return tuple(parsed)
