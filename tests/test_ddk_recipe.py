@@ -129,6 +129,16 @@ def test_teacher_student_vocabulary_mismatch_is_one_line(capsys, tmp_path):
     assert "different vocabularies" in line and "385 vs 384" in line
 
 
+def test_push_to_hub_while_offline_is_one_line_before_anything_loads(capsys, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loads = []
+    monkeypatch.setattr(ddk, "load_or_refuse", lambda *a, **k: loads.append(a))
+    line = _bad(capsys, tmp_path, "--push_to_hub", "true", "--hub_model_id", "someone/student")
+    assert line.startswith("error: --push_to_hub true, but the Hub is offline (HF_HUB_OFFLINE=1)") and not loads
+
+
 def test_yaml_key_that_is_not_a_field_is_one_line(capsys, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("dataset_name: recipes/demo/corpus\nlearning_rat: 0.001\n")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.hf_api import RepoUrl
 from huggingface_hub.utils import filter_repo_objects
 
@@ -42,6 +42,8 @@ def recorded(monkeypatch):
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    # the recipe refuses --push_to_hub offline: this mocked Hub is "online" (HF_HUB_OFFLINE=1 stays in the environment)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return calls
 
 

@@ -254,7 +254,8 @@ def parse_recipe_args(
     Raises:
         [`RecipeError`]: a missing, empty or malformed config file, a YAML key that is not a field of any
             dataclass, a value of the wrong type (a YAML `2.5` or `null` for an int field, a list for a single
-            value), or a command-line error (argparse's, as one line).
+            value), a command-line error (argparse's, as one line; no prefix matching of flag names), or
+            `--push_to_hub` while the Hub is offline.
     """
     parser = RecipeArgumentParser(dataclass_types)
     actions = {action.dest: action for action in parser._actions}
@@ -280,4 +281,16 @@ def parse_recipe_args(
     )
     if remaining:  # a misspelt or abbreviated flag (no prefix matching): one line, like argparse's own errors
         raise RecipeError(f"unrecognized arguments: {' '.join(remaining)} (see --help).")
+    if any(getattr(p, "push_to_hub", False) for p in parsed) and _hub_offline():
+        raise RecipeError(
+            "--push_to_hub true, but the Hub is offline (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE to push, or train "
+            "without --push_to_hub and upload output_dir later with `hf upload`."
+        )
     return tuple(parsed)
+
+
+def _hub_offline() -> bool:
+    """Whether `huggingface_hub` is in offline mode (`HF_HUB_OFFLINE`, read when it was imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
