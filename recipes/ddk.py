@@ -428,8 +428,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "student-before" in results:
             better = sum(results["student-after"][d] < results["student-before"][d] for d in final)
             improved = f"perplexity improved on {better}/{len(final)} domains; "
+        files = "results.json, README.md, ddk_weights.png" if script.plot else "results.json, README.md"
         print(
-            f"Done: student saved to {where} (safetensors + tokenizer; results.json, README.md, ddk_weights.png)"
+            f"Done: student saved to {where} (safetensors + tokenizer; {files})"
             f"{pushed}; {improved}{trainer.accelerator.num_processes} process(es)."
         )
     release_engines(trainer)  # before the interpreter exits (else ZeRO-3 on gloo may abort at exit)

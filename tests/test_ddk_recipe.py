@@ -214,15 +214,18 @@ def test_held_out_texts_depend_on_split_seed_only_never_occur_in_training_and_ta
     assert workers["train"]["input_ids"] == ddk.build([*argv, "--seed", "1"])[2]["train"]["input_ids"]
 
 
-def test_a_static_mixture_runs_through_the_recipe_without_any_ddk_evaluation(monkeypatch, tmp_path):
+def test_a_static_mixture_runs_through_the_recipe_without_any_ddk_evaluation(monkeypatch, tmp_path, capsys):
     argv = ["--output_dir", str(tmp_path / "static"), *FAST, "--ddk_update_steps", "none", "--ddk_initial_weights",
-            "arithmetic=0.4,code=0.2,dna=0.2,prose=0.2"]  # fmt: skip
+            "arithmetic=0.4,code=0.2,dna=0.2,prose=0.2", "--plot", "false"]  # fmt: skip
     trainer, data, calls = _counted_run(monkeypatch, argv)
     assert trainer.ddk_callback is None and data["ddk_validation"] is None
     assert [model is trainer.teacher for model, _ in calls] == [True, False, False]  # the table only
     results = json.loads((tmp_path / "static" / "results.json").read_text())
     assert results["ddk_steps"] == [0] and results["ddk_weights"]["arithmetic"] == [0.4]
     assert not [h for h in trainer.state.log_history if any(k.startswith("ddk/") for k in h)]
+    # --plot false: no plot written, and the closing line does not claim one
+    (done,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Done: ")]
+    assert not (tmp_path / "static" / "ddk_weights.png").exists() and "ddk_weights.png" not in done
 
 
 PICKS = (("worst", lambda ratios: max(ratios.values())), ("mean", lambda ratios: sum(ratios.values()) / len(ratios)))
