@@ -100,6 +100,12 @@ def checked_weight_files(folder: str) -> str | None:
     return None
 
 
+def _local_path(name: str) -> bool:
+    """Whether `name` can only mean a local path, not a Hub id (`org/name`): absolute, `./`, `../`, `~`, or more
+    than one `/`."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
 def checked_load(load: Callable[..., Any], name: str, field: str, **kwargs: Any) -> Any:
     """
     `load(name, **kwargs)` (e.g. `AutoModelForCausalLM.from_pretrained`) with a one-line error that names the field
@@ -108,6 +114,10 @@ def checked_load(load: Callable[..., Any], name: str, field: str, **kwargs: Any)
     Raises:
         `ValueError`: `"{field}={name!r} could not be loaded: {file}: ..."`.
     """
+    if _local_path(name) and not os.path.exists(os.path.expanduser(name)):
+        raise ValueError(
+            f"{field}={name!r}: no such folder (a local path; a Hub model is named 'org/name'): fix the path."
+        )
     broken = checked_weight_files(name)
     if broken is not None:
         raise ValueError(f"{field}={name!r} could not be loaded: {broken}: save or download the model again.")

@@ -527,6 +527,11 @@ def test_empty_non_utf8_and_truncated_files_are_named(capsys, tmp_path):
         DistillationTrainer(model=tiny_llama(), teacher_model=str(teacher), args=make_config(tmp_path),
                             train_dataset=lm_dataset(n=4), data_collator=PadCollator())  # fmt: skip
 
+    missing = tmp_path / "missing" / "folder"  # a local path, not a Hub id: not "Repo id must be in the form ..."
+    line = _error_line(capsys, ["--output_dir", str(tmp_path / "o"), "--teacher_model", str(missing)])
+    expected = f"teacher_model={str(missing)!r}: no such folder (a local path; a Hub model is named 'org/name')"
+    assert line == f"error: {expected}: fix the path."
+
     for text, message in ((b"", "is empty"), (b"# only a comment\n", "holds no settings"), (b"lr: \xff\n", "UTF-8")):
         (tmp_path / "c.yaml").write_bytes(text)
         line = _error_line(capsys, ["--config", str(tmp_path / "c.yaml")])
