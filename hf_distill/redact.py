@@ -9,15 +9,15 @@ from collections.abc import Iterable
 __all__ = ["known_tokens", "redact"]
 
 HIDDEN = "***"
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;)}\]]+")  # an Authorization header's value
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")  # an Authorization header's value
 _HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")  # the shape of a Hugging Face access token
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """
-    `text` with every credential replaced by `***`: the value after `Bearer` / `Basic`, anything shaped like a
-    Hugging Face token (`hf_...`), and each of `secrets` wherever it occurs (values shorter than 8 characters are not
-    searched for: they would hide ordinary words).
+    `text` with every credential replaced by `***`: the value after `Bearer` / `Basic` (8 characters or more),
+    anything shaped like a Hugging Face token (`hf_...`), and each of `secrets` wherever it occurs (values shorter
+    than 8 characters are not searched for: they would hide ordinary words).
 
     Args:
         text (`str`): A message about to be printed or logged (e.g. an HTTP error that echoes the request).

@@ -15,6 +15,7 @@ TOKEN = "hf_FAKEtokenNEVERprinted0123456789abcdef"
         ("Authorization: Basic dXNlcjpwYXNz, retry", "Authorization: Basic ***, retry"),
         (f"url=https://hub/api?token={TOKEN}&x=1", "url=https://hub/api?token=hf_***&x=1"),
         ("counted 4096 tokens in 12 blocks", "counted 4096 tokens in 12 blocks"),  # ordinary text stays
+        ("a basic check failed", "a basic check failed"),
         ("hf_short and hf_ alone", "hf_short and hf_ alone"),  # too short for a token
     ],
 )
