@@ -285,7 +285,9 @@ def test_a_bad_value_is_one_line_naming_the_field(capsys, tmp_path, field, where
         argv += [f"--{field}", value]
     else:
         config = tmp_path / "bad.yaml"
-        config.write_text((ROOT / "recipes" / "configs" / "demo.yaml").read_text() + f"{field}: {value}\n")
+        demo = (ROOT / "recipes" / "configs" / "demo.yaml").read_text().splitlines(keepends=True)
+        kept = "".join(line for line in demo if not line.startswith(f"{field}:"))  # a key given twice is refused
+        config.write_text(kept + f"{field}: {value}\n")
         argv += ["--config", str(config)]
     line = _error_line(capsys, argv)
     assert field in line and text.lower() in line.lower(), line
