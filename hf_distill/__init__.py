@@ -16,6 +16,7 @@ from .ddk import (
     split_by_domain,
 )
 from .dsg_kd import DomainTermTagger, DSGKDCollator
+from .logs import install_library_logger
 from .losses import (
     HiddenProjector,
     attention_map_loss,
@@ -40,6 +41,8 @@ from .training import (
     convert_checkpoint,
     last_complete_checkpoint,
 )
+
+install_library_logger()  # warnings and one-line notices show in any script (HF_DISTILL_VERBOSITY sets the level)
 
 __version__ = "0.2.0"
 

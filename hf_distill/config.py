@@ -14,6 +14,7 @@ from transformers.utils import logging
 from .alignment import parse_layer_map
 from .ddk.update import GAPS, parse_domain_weights
 from .losses import ATTENTION_LOSSES, CHUNK_KERNELS, DIVERGENCES, HIDDEN_LOSSES
+from .parallel import cpu_processes_launched
 from .terms import LossTerm, active_terms, check_weights, registered_terms
 from .terms.registry import (
     ATTENTIONS,
@@ -290,10 +291,18 @@ class DistillationConfig(TrainingArguments):
             "(weights >= 0, summing to 1, one per domain)."
         },
     )
+    resume_without_training_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint whose optimizer, scheduler or RNG files are missing or unreadable, with "
+            "a fresh optimizer / scheduler state or unrestored RNG (one warning). By default such a resume is refused."
+        },
+    )
 
     def __post_init__(self):
         check_weights(self)
         check_numbers(self, NUMBER_RULES)
+        self._detect_cpu_processes()
         super().__post_init__()
         terms = active_terms(self)
         self._check_dsg_kd(terms)
@@ -315,6 +324,19 @@ class DistillationConfig(TrainingArguments):
         self._check_ddk()
         self._check_teacher_cache(terms)
         self._check_on_policy(terms)
+
+    def _detect_cpu_processes(self) -> None:
+        """Several processes launched on a machine without an accelerator train as one job on CPU (gloo), as with
+        `use_cpu=True`: transformers would otherwise give each process a world of its own (N silent copies)."""
+        processes = cpu_processes_launched()
+        if self.use_cpu or not processes:
+            return
+        self.use_cpu = True
+        if os.environ.get("RANK", "0") == "0":
+            logger.warning(
+                f"DistillationConfig: {processes} processes were launched and no accelerator is available, so they "
+                "train as one job on CPU (gloo), as with use_cpu=True. Set use_cpu=True to say so yourself."
+            )
 
     def _check_dsg_kd(self, terms: list[LossTerm]) -> None:
         """Terms whose teacher reads its own tokenization cannot be mixed with terms on the student's tokens."""

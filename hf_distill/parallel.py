@@ -4,9 +4,21 @@ like the student under DeepSpeed ZeRO-3 (an inference engine) and FSDP (1 and 2)
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
+import torch
 from torch import nn
+
+
+def cpu_processes_launched() -> int:
+    """The number of processes launched (`WORLD_SIZE`) when there are several and this machine has no accelerator,
+    else 0: such a launch (e.g. `accelerate launch --multi_gpu` or torchrun on a CPU machine) must train on CPU over
+    gloo, which transformers only does with `use_cpu`; without it each process trains alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    accelerator = getattr(torch, "accelerator", None)
+    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return world_size if world_size > 1 and not available else 0
 
 
 def uses_zero3(accelerator: Any) -> bool:

@@ -55,7 +55,7 @@ from hf_distill.recipe_tools.cli import (
     with_cpu_processes,
 )
 from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
-from hf_distill.recipe_tools.publish import fail, release_engines, save_then_push
+from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.recipe_tools.streaming import hold_out_stream, stream_domain_sources
 from hf_distill.validation import SEED, NumberRule, check_numbers
@@ -195,7 +195,7 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
     warn_command_line_token(argv)
     _check_block_size(script)
     with args.main_process_first(desc="find a checkpoint to resume from"):
-        resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
+        resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir, args)
     tokenizer = load_or_refuse(
         AutoTokenizer.from_pretrained,
         script.student_model,
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"Done: student saved to {where} (safetensors + tokenizer; {files})"
             f"{pushed}; {improved}{trainer.accelerator.num_processes} process(es)."
         )
-    release_engines(trainer)  # before the interpreter exits (else ZeRO-3 on gloo may abort at exit)
+    trainer.release()  # before the interpreter exits (else a gloo run may abort at exit)
     return summary
 
 

@@ -144,7 +144,8 @@ def prepare(argv: list[str]) -> tuple[DSGKDArguments, DistillationConfig, dict[s
 def run(name: str, run_args: DistillationConfig, script: DSGKDArguments, parts: dict[str, Any]) -> DistillationTrainer:
     """Train one student in `output_dir/<name>` (resuming from its newest complete checkpoint) and evaluate it."""
     with run_args.main_process_first(desc="find a checkpoint to resume from"):
-        resume = resume_point(run_args.output_dir, run_args.resume_from_checkpoint, script.overwrite_output_dir)
+        resume = resume_point(run_args.output_dir, run_args.resume_from_checkpoint, script.overwrite_output_dir,
+                              run_args)  # fmt: skip
     student = load_or_refuse(AutoModelForSequenceClassification.from_pretrained, script.student, "student",
                     num_labels=parts["num_labels"], attn_implementation="eager", use_safetensors=True)  # fmt: skip
     trainer = DistillationTrainer(
@@ -193,6 +194,7 @@ def main(argv: list[str]) -> None:
     save_then_push(trainer, write_local)
     if trainer.is_world_process_zero():
         print(f"DSG-KD student saved to {args.output_dir}")
+    trainer.release()  # the last trainer only: the first run's processes still share the group for the second
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from hf_distill.recipe_tools.cli import (
     with_cpu_processes,
 )
 from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_data_files, load_domain_corpus
-from hf_distill.recipe_tools.publish import fail, release_engines, save_then_push
+from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.validation import NumberRule, check_numbers
 
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> None:
         warn_command_line_token(argv)
         # first: starts the process group (ZeRO-3 partitions the models as they load) and finds the checkpoint
         with args.main_process_first(desc="find a checkpoint to resume from"):
-            resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir)
+            resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir, args)
         tokenizer = load_or_refuse(AutoTokenizer.from_pretrained, script.student_model, "student_model")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -206,7 +206,7 @@ def main(argv: list[str]) -> None:
     save_then_push(trainer, write_local)
     if trainer.is_world_process_zero():
         print(f"\nstudent saved to {args.output_dir}")
-    release_engines(trainer)
+    trainer.release()
 
 
 if __name__ == "__main__":

@@ -106,3 +106,23 @@ def test_ddk_on_a_stream_two_processes_share_the_draws_read_their_own_parts_and_
         assert [h["step"] for h in after] == [4, 5, 6]
         for a, b in zip([h for h in full[rank]["logs"] if h["step"] > 3], after, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+USER_SCRIPT = Path(__file__).parent / "scripts" / "user_script.py"
+
+
+def test_a_users_own_script_on_two_cpu_processes_trains_as_one_job_without_use_cpu(tmp_path):
+    """`accelerate launch --multi_gpu` of a plain script (no `use_cpu`) on a machine without an accelerator: one job
+    of world size 2 (each process its own rows, the same synchronised student), said in one log line, and a clean
+    exit (`DistillationTrainer.release`)."""
+    proc = launch_two(USER_SCRIPT, tmp_path, port=29523)
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["use_cpu"]) for r in ranks] == [(0, 2, True), (1, 2, True)]
+    seen = [set(r["rows"]) for r in ranks]  # 3 steps x 4 rows each (+ the batch the loader fetched ahead)
+    assert min(map(len, seen)) >= 12 and not seen[0] & seen[1]
+    students = [load_file(tmp_path / f"rank{i}.safetensors") for i in (0, 1)]
+    assert students[0].keys() == students[1].keys()
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])  # gradients were averaged
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "processes were launched" in line]
+    assert said == ["DistillationConfig: 2 processes were launched and no accelerator is available, so they train as "
+                    "one job on CPU (gloo), as with use_cpu=True. Set use_cpu=True to say so yourself."]  # fmt: skip

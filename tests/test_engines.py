@@ -1,7 +1,7 @@
-"""The recipe under the engines users scale to, on 2 CPU processes: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (configs made
-from the shipped GPU ones with `use_cpu`), on the demo models with logit KD + hidden states through projections of
-another width + DDK. The runs must agree; ZeRO-3 must partition the teacher, resume exactly and save one consolidated
-student."""
+"""The recipe under the engines users scale to, on 2 CPU processes: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (the shipped
+`cpu.yaml`, `zero2_cpu.yaml`, `zero3_cpu.yaml`), on the demo models with logit KD + hidden states through projections
+of another width + DDK. The runs must agree; ZeRO-3 must partition the teacher, resume exactly and save one
+consolidated student."""
 
 from __future__ import annotations
 
@@ -37,13 +37,11 @@ TOLERANCE = 1e-5  # relative, on losses and DDK weights (float32; the engines re
 PORTS = {"ddp": 29541, "zero2": 29542, "zero3": 29543, "zero3-resumed": 29544}
 
 
-def cpu_config(name: str, folder: Path) -> Path:
-    """The shipped accelerate config `name` for 2 CPU processes (gloo), in full precision."""
-    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    config.update(use_cpu=True, num_processes=2, mixed_precision="no")
-    path = folder / f"{name}-cpu.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+@pytest.mark.parametrize("name", ["zero2", "zero3"])
+def test_the_shipped_cpu_deepspeed_configs_are_the_gpu_ones_with_the_three_cpu_settings(name):
+    """`<name>_cpu.yaml` (what the engine runs below train with) = `<name>.yaml` + use_cpu, 2 processes, fp32."""
+    gpu, cpu = (yaml.safe_load((CONFIGS / f"{name}{suffix}.yaml").read_text()) for suffix in ("", "_cpu"))
+    assert cpu == {**gpu, "use_cpu": True, "num_processes": 2, "mixed_precision": "no"}
 
 
 def launch(engine: str, config: Path, out: Path, *extra) -> subprocess.CompletedProcess:
@@ -71,9 +69,12 @@ def logged(record: dict, key: str) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same short run under DDP (the shipped cpu.yaml), ZeRO-2 and ZeRO-3: {engine: (out, log, config)}."""
+    """The same short run under DDP, ZeRO-2 and ZeRO-3 (shipped CPU configs): {engine: (out, log, config)}."""
     folder = tmp_path_factory.mktemp("engines")
-    configs = {"ddp": CONFIGS / "cpu.yaml", "zero2": cpu_config("zero2", folder), "zero3": cpu_config("zero3", folder)}
+    configs = {
+        engine: CONFIGS / f"{name}.yaml"
+        for engine, name in (("ddp", "cpu"), ("zero2", "zero2_cpu"), ("zero3", "zero3_cpu"))
+    }
     result = {}
     for engine, config in configs.items():
         out = folder / engine
@@ -199,7 +200,7 @@ def test_on_policy_generation_under_zero3_equals_ddp(tmp_path):
         engine: _on_policy_run(engine, config, tmp_path / engine, port)
         for engine, config, port in (
             ("ddp", CONFIGS / "cpu.yaml", 29545),
-            ("zero3", cpu_config("zero3", tmp_path), 29546),
+            ("zero3", CONFIGS / "zero3_cpu.yaml", 29546),
         )
     }
     logs = {engine: [h for h in r["log_history"] if "loss" in h] for engine, r in runs.items()}

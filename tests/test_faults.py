@@ -135,6 +135,84 @@ def test_recipe_refuses_an_incomplete_checkpoint_and_honours_overwrite(capsys, t
     assert "holds no complete checkpoint" in line
 
 
+STATE_DAMAGE = [  # (file, damage, the words the refusal must say)
+    ("optimizer.pt", "missing", "a fresh optimizer state"), ("optimizer.pt", "truncated", "a fresh optimizer state"),
+    ("scheduler.pt", "missing", "the learning-rate schedule from its start"),
+    ("scheduler.pt", "truncated", "the learning-rate schedule from its start"),
+    ("rng_state.pth", "missing", "random state not restored"), ("rng_state.pth", "truncated", "random state"),
+]  # fmt: skip
+
+
+def _damage(checkpoint, name, damage):
+    """Delete `name` from `checkpoint`, or cut it to half its bytes (as a copy killed halfway)."""
+    file = checkpoint / name
+    if damage == "missing":
+        file.unlink()
+    else:
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    return "missing" if damage == "missing" else "not a whole torch file"
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoints(tmp_path_factory):
+    """A 4-step run with checkpoints at steps 2 and 4, and its final student."""
+    trainer = _checkpointing_trainer(tmp_path_factory.mktemp("state"))
+    trainer.train()
+    return Path(trainer.args.output_dir), _params(trainer)
+
+
+@pytest.mark.parametrize(("name", "damage", "lost"), STATE_DAMAGE, ids=[f"{n}-{d}" for n, d, _ in STATE_DAMAGE])
+def test_resume_refuses_a_checkpoint_without_its_training_state_unless_told_to_go_on(
+    tmp_path, trained_checkpoints, caplog, name, damage, lost
+):
+    """Trainer level: one error naming the file, what would be lost and the flag, before any step (nothing written);
+    with `resume_without_training_state=True` one warning, and the run ends at its last step."""
+    whole, final = trained_checkpoints
+    out = tmp_path / "out"
+    shutil.copytree(whole / "checkpoint-2", out / "checkpoint-2")
+    why = _damage(out / "checkpoint-2", name, damage)
+    refused = _checkpointing_trainer(tmp_path)  # output_dir: tmp_path / "out"
+    with pytest.raises(ValueError) as error:
+        refused.train(resume_from_checkpoint=True)
+    message = str(error.value)
+    assert message.startswith(f"resume_from_checkpoint={str(out / 'checkpoint-2')!r}: {name} is {why}")
+    assert lost in message and "resume_without_training_state=True" in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2"] and refused.state.global_step == 0
+    went_on = _checkpointing_trainer(tmp_path, resume_without_training_state=True)
+    went_on.train(resume_from_checkpoint=True)
+    assert went_on.state.global_step == 4 and (out / "checkpoint-4" / "optimizer.pt").is_file()
+    warned = [r.getMessage() for r in caplog.records if "(resume_without_training_state=True)" in r.getMessage()]
+    assert len(warned) == 1 and f"{name} is {why}" in warned[0]
+    if name == "optimizer.pt":  # a fresh Adam state moves the weights differently from the uninterrupted run
+        assert any(not torch.equal(_params(went_on)[k], v) for k, v in final.items())
+
+
+def test_an_undamaged_checkpoint_still_resumes_to_the_uninterrupted_run(tmp_path, trained_checkpoints):
+    whole, final = trained_checkpoints
+    shutil.copytree(whole / "checkpoint-2", tmp_path / "out" / "checkpoint-2")
+    resumed = _checkpointing_trainer(tmp_path)
+    resumed.train(resume_from_checkpoint=True)
+    for key, value in final.items():
+        torch.testing.assert_close(_params(resumed)[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(("name", "damage", "lost"), STATE_DAMAGE[::2], ids=[n for n, _, _ in STATE_DAMAGE[::2]])
+def test_recipe_refuses_a_checkpoint_without_its_training_state_in_one_line(
+    capsys, tmp_path, trained_checkpoints, name, damage, lost
+):
+    """Recipe level: exit 2, one `error:` line naming the file and `--resume_without_training_state true`, before
+    any model loads; nothing in the output folder changes."""
+    whole, _ = trained_checkpoints
+    out = tmp_path / "out"
+    shutil.copytree(whole / "checkpoint-2", out / "checkpoint-2")
+    why = _damage(out / "checkpoint-2", name, damage)
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    line = _error_line(capsys, ["--output_dir", str(out), "--resume_from_checkpoint", "true"])
+    assert line.startswith(f"error: resume_from_checkpoint={str(out / 'checkpoint-2')!r}: {name} is {why}"), line
+    assert lost in line and "pass --resume_without_training_state true to go on without it." in line
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
+
 # ---- NaN ------------------------------------------------------------------------------------------------------------
 
 

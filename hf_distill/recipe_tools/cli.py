@@ -14,6 +14,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..files import checked_load, read_text_file
+from ..logs import install_library_logger
+from ..parallel import cpu_processes_launched
 from ..validation import field_types
 
 logger = logging.get_logger(__name__)
@@ -21,12 +23,9 @@ logger = logging.get_logger(__name__)
 
 def with_cpu_processes(argv: Sequence[str]) -> list[str]:
     """`argv`, with `--use_cpu true` first when several processes run on a machine without an accelerator (e.g.
-    `accelerate_configs/cpu.yaml`, or a DeepSpeed config with `use_cpu`): otherwise each process would train alone."""
-    import torch
-
-    accelerator = getattr(torch, "accelerator", None)
-    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not available:
+    `accelerate_configs/cpu.yaml`, or a DeepSpeed config with `use_cpu`): otherwise each process would train alone.
+    ([`DistillationConfig`] does the same for any script; here it also reaches the recipes' other dataclasses.)"""
+    if cpu_processes_launched():
         return ["--use_cpu", "true", *argv]
     return list(argv)
 
@@ -38,26 +37,8 @@ class RecipeError(ValueError):
 def show_progress() -> None:
     """Print hf_distill's info lines (e.g. each DDK update with its duration) on stderr, on the main process of each
     machine only; idempotent."""
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        return
-    package = std_logging.getLogger("hf_distill")
-    if not any(isinstance(handler, _StderrHandler) for handler in package.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(std_logging.Formatter("%(message)s"))
-        package.addHandler(handler)
-    package.setLevel(std_logging.INFO)
-
-
-class _StderrHandler(std_logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a record comes (it may be replaced after the handler is made)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        install_library_logger(std_logging.INFO)
 
 
 def load_or_refuse(load: Any, name: str, field: str, **kwargs: Any) -> Any:

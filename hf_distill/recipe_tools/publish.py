@@ -44,16 +44,3 @@ def save_then_push(trainer: Any, write_local: Callable[[], None]) -> None:
             f"{os.path.abspath(args.output_dir)}: push them with `hf upload` or re-run with --push_to_hub later.",
             1,
         )
-
-
-def release_engines(trainer: Any) -> None:
-    """Destroy the DeepSpeed engines (student and teacher) and the process group at the end of a recipe: without it a
-    ZeRO-3 run on gloo may abort at interpreter exit, after everything was written. Every process waits for the others
-    before and after the engines go, so none tears the process group down while another still uses it."""
-    accelerator = trainer.accelerator
-    accelerator.wait_for_everyone()
-    for engine in (trainer.model_wrapped, trainer.teacher):
-        if hasattr(engine, "destroy"):
-            engine.destroy()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()

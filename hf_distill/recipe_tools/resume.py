@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 from transformers.utils import logging
 
-from ..training.checkpoints import checkpoint_folders, checkpoint_problem, last_complete_checkpoint
+from ..training.checkpoints import (
+    checkpoint_folders,
+    checkpoint_problem,
+    last_complete_checkpoint,
+    training_state_problems,
+    training_state_refusal,
+)
 from .cli import RecipeError
 
 logger = logging.get_logger(__name__)
@@ -14,7 +21,9 @@ logger = logging.get_logger(__name__)
 __all__ = ["resume_point"]
 
 
-def resume_point(output_dir: str, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> str | None:
+def resume_point(
+    output_dir: str, resume_from_checkpoint: str | None, overwrite_output_dir: bool, args: Any = None
+) -> str | None:
     """
     The checkpoint a recipe resumes from, as transformers' example scripts decide it, but never from a folder
     killed while being written.
@@ -24,11 +33,26 @@ def resume_point(output_dir: str, resume_from_checkpoint: str | None, overwrite_
     - unset, with checkpoints in `output_dir`: the newest complete one, with a log line; with
       `overwrite_output_dir` the old checkpoints are removed instead and training starts from scratch.
 
+    With the run's `args` (a [`DistillationConfig`]), a checkpoint whose optimizer, scheduler or RNG files are
+    missing or unreadable is refused here too, before any model loads, unless `args.resume_without_training_state`.
+
     Call it on every process inside `main_process_first()` (the main process removes, the others then see none).
 
     Raises:
         [`RecipeError`]: one line naming the flag and the fix.
     """
+    checkpoint = _checkpoint(output_dir, resume_from_checkpoint, overwrite_output_dir)
+    if checkpoint is not None and args is not None and not args.resume_without_training_state:
+        problems = training_state_problems(checkpoint, args.world_size)
+        if problems:
+            raise RecipeError(
+                training_state_refusal(checkpoint, problems, "pass --resume_without_training_state true")
+            )
+    return checkpoint
+
+
+def _checkpoint(output_dir: str, resume_from_checkpoint: str | None, overwrite_output_dir: bool) -> str | None:
+    """[`resume_point`] without the training-state check."""
     if resume_from_checkpoint is not None and resume_from_checkpoint.lower() in ("true", "last"):
         last = last_complete_checkpoint(output_dir)
         if last is None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import HubStrategy
 from transformers.utils import find_labels, logging
 
@@ -32,7 +32,13 @@ from ..modeling import base_model, output_size
 from ..on_policy import STUDENT, OnPolicyBatches, draw_seed, gathered_for_generation
 from ..parallel import check_engine_saves, shards_parameters
 from ..teacher_cache import TeacherCacheCollator
-from .checkpoints import CHECKPOINT_FOLDER, checkpoint_problem, last_complete_checkpoint
+from .checkpoints import (
+    CHECKPOINT_FOLDER,
+    checkpoint_problem,
+    last_complete_checkpoint,
+    training_state_problems,
+    training_state_refusal,
+)
 from .computer import TermComputer
 from .guards import check_finite_state
 from .publish import push_staged_student, student_card
@@ -91,6 +97,8 @@ class DistillationTrainer(Trainer):
             `processing_class`, `callbacks`, ...). `processing_class` (the tokenizer) also tells the real vocabulary
             size when the teacher's and student's vocabularies differ by padding rows.
     """
+
+    _skipped_state: frozenset[str] = frozenset()  # training-state files a resume goes on without (set by `train`)
 
     def __init__(
         self,
@@ -425,6 +433,7 @@ class DistillationTrainer(Trainer):
             raise ValueError(
                 f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint: {problem}."
             )
+        self._skipped_state = self._check_training_state(resume_from_checkpoint or None)
         if self.domains is None or self.domains.stream is None:
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         # A DomainStream resumes from its saved position: the Trainer must not replay (re-read) the batches seen.
@@ -434,6 +443,51 @@ class DistillationTrainer(Trainer):
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         finally:
             self.args.ignore_data_skip, self._resuming_from = skip, None
+
+    def _check_training_state(self, checkpoint: str | None) -> frozenset[str]:
+        """The training-state files of `checkpoint` a resume cannot read ([`training_state_problems`]): refused
+        unless `resume_without_training_state`, then skipped with one warning."""
+        problems = training_state_problems(checkpoint, self.args.world_size) if checkpoint else {}
+        if problems and not self.args.resume_without_training_state:
+            raise ValueError(training_state_refusal(checkpoint, problems))
+        if problems:
+            said = training_state_refusal(checkpoint, problems).split(". Resume from")[0]
+            logger.warning(f"{said} (resume_without_training_state=True).")
+        return frozenset(problems)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """As the Trainer's, but a resume that goes on without an unreadable optimizer or scheduler state file
+        (`resume_without_training_state`) starts both afresh instead of failing to read it."""
+        if checkpoint and self._skipped_state & {OPTIMIZER_NAME, SCHEDULER_NAME}:
+            return
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """As the Trainer's, but an unreadable RNG file skipped with `resume_without_training_state` is not read."""
+        name = "rng_state.pth" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}.pth"
+        if checkpoint and name in self._skipped_state:
+            return
+        super()._load_rng_state(checkpoint)
+
+    def release(self) -> None:
+        """
+        Release what the run holds across processes, at the end of a script (after saving and pushing): every process
+        waits for the others, the DeepSpeed engines (student and teacher) are destroyed, every process waits again and
+        the process group is destroyed (trackers are finished, as by `Accelerator.end_training`). Without it a
+        multi-process run on gloo can abort at interpreter exit ("terminate called without an active exception"),
+        after everything was written. Safe to call more than once and in a single process; the trainer cannot train
+        or save across processes afterwards.
+        """
+        accelerator = self.accelerator
+        grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if grouped:
+            accelerator.wait_for_everyone()
+        for engine in dict.fromkeys((self.model_wrapped, self.teacher)):
+            if hasattr(engine, "destroy"):
+                engine.destroy()
+        if grouped:
+            accelerator.wait_for_everyone()
+        accelerator.end_training()
 
     def _save_rng_state(self, output_dir: str) -> None:
         """Each process's RNG state and, with a [`DomainStream`], its position in the stream (before the Trainer's

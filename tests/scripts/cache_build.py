@@ -38,6 +38,8 @@ def main(out: str, fail: bool) -> None:
         teacher_cache.write_json_atomic = crash
     build_teacher_cache(teacher, cache_rows(tokenizer), os.path.join(out, "cache"), tokenizer, k=5,
                         batch_size=4, examples_per_shard=5)  # fmt: skip
+    state.wait_for_everyone()  # a clean teardown: a gloo group left to interpreter exit can abort the process
+    state.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def main(out: str) -> None:
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
+    trainer.release()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 from conftest import PadCollator, lm_dataset, make_config, tiny_llama  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -33,9 +32,7 @@ def main(out: str, batch_size: int) -> None:
     state = {f"s.{k}": v.contiguous() for k, v in trainer.student.state_dict().items()}
     state.update({f"p.{k}": v.contiguous() for k, v in trainer.projector.state_dict().items()})
     save_file(state, os.path.join(out, f"rank{trainer.args.process_index}.safetensors"))
-    if torch.distributed.is_initialized():  # a clean teardown (gloo threads still running at exit can abort)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    trainer.release()
 
 
 if __name__ == "__main__":

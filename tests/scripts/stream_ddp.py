@@ -45,6 +45,8 @@ def run(out: Path, name: str, resume: str | None = None) -> dict:
     collator = RecordingCollator()
     trainer = toy_trainer(args, DomainStream(sources, block_size=16, group_size=4), collator)
     trainer.train(resume_from_checkpoint=resume)
+    if resume:  # the last run of the script
+        trainer.release()
     return {
         "history": trainer.domain_sampler.history,
         "updates": trainer.ddk_callback.updates,
