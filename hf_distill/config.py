@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from .alignment import parse_layer_map
+from .arg_checks import check_best_model, check_mappings, check_output_dir
 from .ddk.update import GAPS, parse_domain_weights
 from .losses import ATTENTION_LOSSES, CHUNK_KERNELS, DIVERGENCES, HIDDEN_LOSSES
 from .parallel import cpu_processes_launched
@@ -302,8 +303,11 @@ class DistillationConfig(TrainingArguments):
     def __post_init__(self):
         check_weights(self)
         check_numbers(self, NUMBER_RULES)
+        check_output_dir(self)
+        check_mappings(self)
         self._detect_cpu_processes()
         super().__post_init__()
+        check_best_model(self)
         terms = active_terms(self)
         self._check_dsg_kd(terms)
         self._check_choice("divergence", DIVERGENCES)

@@ -50,6 +50,7 @@ from hf_distill.recipe_tools.cli import (
     RecipeError,
     load_or_refuse,
     parse_recipe_args,
+    refuse_evaluation_during_training,
     show_progress,
     warn_command_line_token,
     with_cpu_processes,
@@ -193,6 +194,7 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
             raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
         setattr(script, name, _local(getattr(script, name)))
     warn_command_line_token(argv)
+    refuse_evaluation_during_training(args, "recipes/ddk.py")
     _check_block_size(script)
     with args.main_process_first(desc="find a checkpoint to resume from"):
         resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir, args)
@@ -258,8 +260,8 @@ def load_data(script: ScriptArguments, args: DistillationConfig, tokenizer: Any)
                 "train": pack_texts(
                     train_texts, tokenizer, script.block_size, script.text_column, args.domain_column, workers
                 ),
-                "validation": _pack_each(table, tokenizer, script),
-                "ddk_validation": _pack_each(ddk, tokenizer, script) if ddk else None,
+                "validation": _pack_each(table, tokenizer, script, "validation_size"),
+                "ddk_validation": _pack_each(ddk, tokenizer, script, _ddk_flag(script)) if ddk else None,
             }
         except ValueError as error:
             raise RecipeError(str(error)) from error
@@ -279,12 +281,19 @@ def load_streaming_data(script: ScriptArguments, args: DistillationConfig, token
         table, ddk = _table_and_ddk(held_out, script.validation_size, ddk_size)
         packed = {
             "train": DomainStream(train, script.block_size, tokenizer, script.text_column),
-            "validation": _pack_each(table, tokenizer, script),
-            "ddk_validation": _pack_each(ddk, tokenizer, script) if ddk else None,
+            "validation": _pack_each(table, tokenizer, script, "validation_size"),
+            "ddk_validation": _pack_each(ddk, tokenizer, script, _ddk_flag(script)) if ddk else None,
         }
+    except RecipeError:
+        raise
     except ValueError as error:
         raise RecipeError(f"--dataset_name {script.dataset_name} --streaming true: {error}") from error
     return {**packed, "corpus": None, "texts": {"train": train, "table": table, "ddk": ddk}}
+
+
+def _ddk_flag(script: ScriptArguments) -> str:
+    """The flag that sets how many texts per domain DDK holds out."""
+    return "validation_size" if script.ddk_validation_size is None else "ddk_validation_size"
 
 
 def _ddk_size(script: ScriptArguments, args: DistillationConfig) -> int:
@@ -299,10 +308,20 @@ def _table_and_ddk(held_out: dict[str, Any], table_size: int, ddk_size: int) -> 
     return table, ddk
 
 
-def _pack_each(texts: dict[str, Any], tokenizer: Any, script: ScriptArguments) -> dict[str, Any]:
-    return {
-        name: pack_texts(part, tokenizer, script.block_size, script.text_column, None) for name, part in texts.items()
-    }
+def _pack_each(texts: dict[str, Any], tokenizer: Any, script: ScriptArguments, flag: str) -> dict[str, Any]:
+    """Each domain's held-out texts tokenized and packed; too few tokens for one block is a [`RecipeError`] naming
+    `flag`, the held-out size that sets how many texts there are."""
+    packed = {}
+    for name, part in texts.items():
+        try:
+            packed[name] = pack_texts(part, tokenizer, script.block_size, script.text_column, None)
+        except ValueError:
+            raise RecipeError(
+                f"{flag}={getattr(script, flag)}: the {len(part)} held-out texts of domain {name!r} hold fewer than "
+                f"block_size={script.block_size} tokens, so they make no evaluation block: raise {flag} (or lower "
+                "--block_size)."
+            ) from None
+    return packed
 
 
 def perplexity_table(results: dict[str, dict[str, float]], weights: dict[str, float]) -> str:

@@ -44,6 +44,7 @@ from hf_distill.recipe_tools.cli import (
     RecipeError,
     load_or_refuse,
     parse_recipe_args,
+    refuse_evaluation_during_training,
     warn_command_line_token,
     with_cpu_processes,
 )
@@ -153,6 +154,7 @@ def main(argv: list[str]) -> None:
         argv = with_cpu_processes(argv)
         script, args = parse_recipe_args((OnPolicyArguments, DistillationConfig), argv, defaults=DEFAULTS)
         warn_command_line_token(argv)
+        refuse_evaluation_during_training(args, "recipes/on_policy.py")
         # first: starts the process group (ZeRO-3 partitions the models as they load) and finds the checkpoint
         with args.main_process_first(desc="find a checkpoint to resume from"):
             resume = resume_point(args.output_dir, args.resume_from_checkpoint, script.overwrite_output_dir, args)

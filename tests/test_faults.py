@@ -347,6 +347,15 @@ BAD_VALUES = [
     ("torch_empty_cache_steps", "0", None, ">= 1"), ("eval_accumulation_steps", "0", "0", ">= 1"),
     ("dataloader_prefetch_factor", "0", None, ">= 1"), ("neftune_noise_alpha", "-1", None, ">= 0"),
     ("ddp_bucket_cap_mb", "0", None, ">= 1"),
+    # issue 25: a traceback, a misleading line or silence before
+    ("gamma", "1e30", None, "<= 1e+06"), ("alpha_ce", "1e7", None, "too large"),
+    ("lr_scheduler_kwargs", "notadict", "notadict", "not a mapping"),
+    ("lr_scheduler_kwargs", "[1, 2]", None, "mapping"), ("output_dir", "", None, "is empty"),
+    ("ddk_initial_weights", "", "''", "is empty"), ("load_best_model_at_end", "true", "true", "eval_strategy='no'"),
+    ("eval_strategy", "steps", None, "evaluates no eval set"), ("layer_map", "-1:0", "'-1:0'", "negative layer index"),
+    ("dataset_name", "", "''", "is empty"),
+    ("dataset_name", "data/no-such-corpus", None, "not a local file or folder"),
+    ("validation_size", "4", None, "raise validation_size"),
 ]  # fmt: skip
 CASES = [(f, "cli", v, t) for f, v, _, t in BAD_VALUES if v is not None]
 CASES += [(f, "yaml", v, t) for f, _, v, t in BAD_VALUES if v is not None]
@@ -370,6 +379,15 @@ def test_a_bad_value_is_one_line_naming_the_field(capsys, tmp_path, field, where
     line = _error_line(capsys, argv)
     assert field in line and text.lower() in line.lower(), line
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_and_the_file_is_kept(capsys, tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    line = _error_line(capsys, ["--output_dir", str(file)])
+    expected = f"DistillationConfig.output_dir={str(file)!r} is a file, not a folder: choose another output_dir."
+    assert line == f"error: {expected}"
+    assert file.read_text() == "keep me"
 
 
 def test_ddk_update_steps_beyond_max_steps_warns(tmp_path, caplog):

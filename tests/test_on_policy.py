@@ -297,6 +297,19 @@ def test_settings_that_cannot_generate_are_refused_before_training(tmp_path, tok
     trainer = _trainer(tmp_path, tokenizer, collator=_NoPrompts(tokenizer), lmbda=1.0)
     with pytest.raises(ValueError, match=r"need the prompts in every training batch .*PromptCompletionCollator"):
         trainer.train()
+    with pytest.raises(ValueError, match=r"max_prompt_length=200 >= max_length=96 leaves no room for a completion"):
+        PromptCompletionCollator(tokenizer, max_length=96, max_prompt_length=200)
+
+
+def test_prompts_are_checked_on_the_first_batch_of_every_training_start(tmp_path, tokenizer):
+    """With a small lmbda the first generated batch may come many steps in: the prompts are checked on the first
+    batch of each `train()` instead, before any optimizer step (the seed draws no generation in the first steps)."""
+    trainer = _trainer(tmp_path, tokenizer, collator=_NoPrompts(tokenizer), lmbda=1e-9, max_steps=4)
+    assert all(trainer.on_policy.source(step, 0) is None for step in range(1, 5))  # nothing would be generated
+    for _ in range(2):  # every training start
+        with pytest.raises(ValueError, match=r"need the prompts in every training batch"):
+            trainer.train()
+        assert trainer.state.global_step == 0
 
 
 # ---- TRL's reference loss -------------------------------------------------------------------------------------------

@@ -67,3 +67,17 @@ def test_two_processes_take_the_same_on_policy_decision_at_every_step(tmp_path):
     shares = _shares(results)
     assert shares == _draws(tmp_path, range(1, 13))
     assert 0 < sum(shares.values()) < 12
+
+
+@pytest.mark.parametrize(("flags", "text"), [
+    (["--max_prompt_length", "200", "--max_length", "96"], "max_prompt_length=200 >= max_length=96"),
+    (["--eval_strategy", "steps"], "--eval_strategy steps: recipes/on_policy.py evaluates no eval set"),
+    (["--load_best_model_at_end", "true"], "load_best_model_at_end=True with eval_strategy='no'"),
+])  # fmt: skip
+def test_settings_that_cannot_train_are_one_line_before_anything_is_written(tmp_path, flags, text):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(RECIPE), "--output_dir", str(out), *flags], capture_output=True,
+                          text=True, env=RECIPE_ENV, timeout=300)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ") or "Traceback" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and text in errors[0], proc.stderr[-2000:]
+    assert not out.exists()

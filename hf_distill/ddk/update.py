@@ -190,12 +190,15 @@ def bound_weights(weights: Sequence[float], min_weight: float = 0.0, max_weight:
 
 def parse_domain_weights(spec: str | Mapping[str, float] | None) -> dict[str, float] | None:
     """
-    Parse an initial mixture: `None`, `""` or `"uniform"` (uniform), a mapping, a JSON object or `"name=w,..."`.
+    Parse an initial mixture: `None` or `"uniform"` (uniform), a mapping, a JSON object or `"name=w,..."`. An empty
+    string is refused: it is what a forgotten value looks like.
 
     Returns:
         `dict[str, float]` or `None` for uniform.
     """
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "uniform")):
+    if isinstance(spec, str) and not spec.strip():
+        raise ValueError("it is empty: use 'uniform' (or leave it unset) for equal weights, or 'name=weight,...'")
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "uniform"):
         return None
     if isinstance(spec, str):
         text = spec.strip()

@@ -52,6 +52,12 @@ class PromptCompletionCollator:
                 f"PromptCompletionCollator: the tokenizer {type(tokenizer).__name__} has no pad token: set one, e.g. "
                 "tokenizer.pad_token = tokenizer.eos_token."
             )
+        if max_prompt_length is not None and max_prompt_length >= max_length:
+            raise ValueError(
+                f"PromptCompletionCollator: max_prompt_length={max_prompt_length} >= max_length={max_length} leaves "
+                "no room for a completion (max_length counts prompt + completion): lower max_prompt_length or raise "
+                "max_length."
+            )
         self.tokenizer, self.max_length = tokenizer, max_length
         self.max_prompt_length = max_prompt_length if max_prompt_length is not None else max_length
         self.prompt_column, self.completion_column = prompt_column, completion_column

@@ -124,17 +124,26 @@ class OnPolicyBatches:
             eos_token_id=eos, use_cache=not args.gradient_checkpointing, **kwargs,
         )  # fmt: skip
 
-    def generate(
-        self, model: nn.Module, batch: dict[str, Any], seed: int, synced_gpus: bool = False
-    ) -> tuple[dict[str, Any], torch.Tensor]:
-        """Generate completions of `batch["prompts"]` with `model`; return the batch that trains on them (other keys,
-        e.g. domain ids, kept) and the completion lengths."""
+    def check_prompts(self, batch: dict[str, Any]) -> None:
+        """Refuse a training batch without the prompts generation starts from (checked on the first batch of every
+        training start, before any step, and on each generated batch).
+
+        Raises:
+            `ValueError`: naming the missing keys and the collator to use.
+        """
         missing = [key for key in PROMPT_KEYS if key not in batch]
         if missing:
             raise ValueError(
                 f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} need the prompts in every training batch "
                 f"(missing {missing}): use PromptCompletionCollator as data_collator."
             )
+
+    def generate(
+        self, model: nn.Module, batch: dict[str, Any], seed: int, synced_gpus: bool = False
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """Generate completions of `batch["prompts"]` with `model`; return the batch that trains on them (other keys,
+        e.g. domain ids, kept) and the completion lengths."""
+        self.check_prompts(batch)
         prompts, prompt_mask = batch["prompts"], batch["prompt_attention_mask"]
         config = self.generation_config(model)
         devices = [prompts.device] if prompts.device.type == "cuda" else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging as std_logging
 import os
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -242,7 +243,7 @@ def parse_recipe_args(
     actions = {action.dest: action for action in parser._actions}
     if defaults:
         parser.set_defaults(**defaults)
-    path, args = _pop_config(list(sys.argv[1:] if argv is None else argv))
+    path, args = _pop_config(_dash_values(parser, list(sys.argv[1:] if argv is None else argv)))
     path = path or default_config
     if path is not None:
         config, types = read_yaml_config(path), parser.field_types
@@ -268,6 +269,30 @@ def parse_recipe_args(
             "without --push_to_hub and upload output_dir later with `hf upload`."
         )
     return tuple(parsed)
+
+
+def refuse_evaluation_during_training(args: Any, recipe: str) -> None:
+    """`recipe` passes no eval set to the Trainer (it measures its table after training): an evaluation strategy,
+    which the Trainer would refuse only after the models load, is a [`RecipeError`] now."""
+    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if strategy != "no":
+        raise RecipeError(
+            f"--eval_strategy {strategy}: {recipe} evaluates no eval set during training (its per-domain table is "
+            "measured before and after): drop --eval_strategy (and --load_best_model_at_end)."
+        )
+
+
+def _dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`argv` with a value that starts with a dash and a digit, dot or colon (`--layer_map -1:0`, `--seed -1`) joined
+    to its flag (`--layer_map=-1:0`): argparse would read it as a flag and say the value is missing."""
+    single = {flag for action in parser._actions if action.nargs is None for flag in action.option_strings}
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in single and re.match(r"-[\d.:]", token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def _hub_offline() -> bool:

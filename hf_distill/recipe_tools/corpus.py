@@ -19,6 +19,17 @@ from ..files import check_text_file, one_line
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def _not_found(source: str, error: Exception) -> str:
+    """Why `source`, neither a local path nor a loadable Hub dataset, could not be read: both are said, since
+    `org/name` may be either (a folder of that first name here suggests a mistyped local path)."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    local = f"{os.path.abspath(source)!r} does not exist"
+    head = source.split("/")[0]
+    if "/" in source and os.path.isdir(head):
+        local += f"; the folder {head!r} does: a mistyped path?"
+    return f"source={source!r} is not a local file or folder ({local}) nor a loadable Hub dataset: {first_line}"
+
+
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or os.path.splitext(source)[1] in FILE_BUILDERS or source.count("/") > 1
 
@@ -97,12 +108,13 @@ def load_domain_corpus(
             f"source={source!r} does not exist: give an existing directory (one file per domain), a "
             ".jsonl/.json/.parquet/.csv file, or a hub dataset name."
         )
+    elif not source.strip():
+        raise ValueError(f"source={source!r} is empty: give a Hub dataset id, a data file or a directory.")
     else:
         try:
             dataset = load_dataset(source, config_name, split=split, data_files=data_files)
         except Exception as error:  # noqa: BLE001 - datasets raises many types; the user needs one line
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"source={source!r} could not be loaded from the hub: {first_line}") from error
+            raise ValueError(_not_found(source, error)) from error
     if domain_column not in dataset.column_names and "." in domain_column:
         dataset = dataset.flatten()
     _check_column(dataset, domain_column, "domain_column", source)

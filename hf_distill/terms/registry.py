@@ -156,8 +156,11 @@ def needs_any(terms: Iterable[LossTerm], *needs: str) -> bool:
     return any(term.needs & set(needs) for term in terms)
 
 
+MAX_WEIGHT = 1e6  # float32 overflows in products of ~1e19-weights (the logit kernel squares the weights)
+
+
 def check_weights(args: Any) -> None:
-    """Every weight of a registered term is a finite number >= 0, and at least one is > 0."""
+    """Every weight of a registered term is a finite number in [0, `MAX_WEIGHT`], and at least one is > 0."""
     fields = [name for name in weight_fields() if hasattr(args, name)]
     for name in fields:
         value = getattr(args, name)
@@ -168,6 +171,12 @@ def check_weights(args: Any) -> None:
             )
         if value < 0:
             raise ValueError(f"{type(args).__name__}.{name}={value} is negative: loss weights must be >= 0.")
+        if value > MAX_WEIGHT:
+            raise ValueError(
+                f"{type(args).__name__}.{name}={value:g} is too large: loss weights must be <= {MAX_WEIGHT:g} (they "
+                "are relative to each other; a larger one overflows the loss or its gradient): scale the weights "
+                "down, and raise learning_rate if you meant a larger step."
+            )
     if not any(getattr(args, name) > 0 for name in fields):
         raise ValueError(
             f"{type(args).__name__}: every loss weight ({', '.join(fields)}) is 0, so there is nothing to train on: "
