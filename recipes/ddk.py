@@ -220,6 +220,7 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
             processing_class=tokenizer,
             data_collator=default_data_collator,
         )
+        trainer.check_resume(resume)  # e.g. a stream read with another batch size: before the first step
     except ValueError as error:
         raise RecipeError(" ".join(str(error).split())) from error
     return trainer, script, {**data, "resume": resume}

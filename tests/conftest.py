@@ -51,6 +51,18 @@ def launch_two(script, *args, port, check=True):
     return proc
 
 
+def recipe_error_line(capsys, main, argv, code=2):
+    """Run a recipe's `main(argv)` in-process; it must exit with `code` and one `error: ...` line, the last on
+    stderr (no traceback). Returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ") or "Traceback" in line]
+    assert len(errors) == 1 and errors[0] == err[-1], err[-6:]
+    return err[-1]
+
+
 def tiny_llama(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0, eager=True):
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO, RECIPE, ROOT, PadCollator, lm_dataset, make_config, tiny_llama
+from conftest import DEMO, RECIPE, ROOT, PadCollator, lm_dataset, make_config, recipe_error_line, tiny_llama
 from conftest import RECIPE_ENV as ENV
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
@@ -45,13 +45,7 @@ import ddk  # noqa: E402
 
 def _error_line(capsys, argv, code=2):
     """Run the recipe in-process; it must exit with `code` and one `error: ...` line on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        ddk.main(argv)
-    assert exit_info.value.code == code
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ") or "Traceback" in line]
-    assert len(errors) == 1 and errors[0] == err[-1], err[-6:]
-    return err[-1]
+    return recipe_error_line(capsys, ddk.main, argv, code)
 
 
 # ---- resume ---------------------------------------------------------------------------------------------------------

@@ -163,6 +163,25 @@ def test_a_resumed_streaming_ddk_run_equals_the_uninterrupted_one_without_reread
     assert sum(reads.values()) <= 3 * 4 + 3 * 2
 
 
+def test_resuming_a_stream_with_another_batch_size_is_refused_before_any_step(tmp_path):
+    """The draws are laid out by processes x batch size: a resume with another batch size cannot continue them."""
+    full = _stream_trainer(tmp_path, "full", save_strategy="steps", save_steps=3)
+    full.train()
+    checkpoint = str(tmp_path / "full" / "checkpoint-3")
+    other = _stream_trainer(tmp_path, "other", per_device_train_batch_size=2)
+    expected = (
+        f"resume_from_checkpoint={checkpoint!r}: the checkpoint's training stream was read as process 0 of 1 with "
+        "per_device_train_batch_size=4; this run is process 0 of 1 with 2: resume with the same number of processes "
+        "and batch size."
+    )
+    with pytest.raises(ValueError) as error:
+        other.check_resume(checkpoint)
+    assert str(error.value) == expected
+    with pytest.raises(ValueError, match="per_device_train_batch_size=4; this run is process 0 of 1 with 2"):
+        other.train(resume_from_checkpoint=checkpoint)
+    assert other.state.global_step == 0 and not any((tmp_path / "other").iterdir())  # nothing written
+
+
 def test_a_static_stream_mixture_follows_the_initial_weights_without_evaluation(tmp_path):
     trainer = _stream_trainer(
         tmp_path, "static", ddk_update_steps=None, ddk_initial_weights={"a": 0.0, "b": 1.0, "c": 0.0}

@@ -76,17 +76,26 @@ class StreamMixture(DomainMixture):
 
     def load_process_state(self, state: dict[str, Any]) -> None:
         """Resume this process's stream where [`process_state`] was taken (same processes and batch size)."""
-        saved = (state["rank"], state["processes"], state["batch_size"])
-        if saved != (self.rank, self.processes, self.batch_size):
-            raise ValueError(
-                f"The checkpoint's training stream was read as process {saved[0]} of {saved[1]} with "
-                f"per_device_train_batch_size={saved[2]}; this run is process {self.rank} of {self.processes} with "
-                f"{self.batch_size}: resume with the same number of processes and batch size."
-            )
+        mismatch = stream_state_mismatch(state, self.rank, self.processes, self.batch_size)
+        if mismatch:
+            raise ValueError(mismatch)
         super().load_state_dict(state["mixture"])
         self.produced, self._position = int(state["produced"]), int(state["position"])
         for name, reader in self.readers.items():
             reader.load_state_dict(state["readers"][name])
+
+
+def stream_state_mismatch(state: dict[str, Any], rank: int, processes: int, batch_size: int) -> str | None:
+    """Why a stream position saved as [`StreamMixture.process_state`] cannot be resumed by process `rank` of
+    `processes` reading `batch_size` examples per micro-batch (`None` when it can): the draws are laid out by those."""
+    saved = (state.get("rank"), state.get("processes"), state.get("batch_size"))
+    if saved == (rank, processes, batch_size):
+        return None
+    return (
+        f"the checkpoint's training stream was read as process {saved[0]} of {saved[1]} with "
+        f"per_device_train_batch_size={saved[2]}; this run is process {rank} of {processes} with {batch_size}: resume "
+        "with the same number of processes and batch size."
+    )
 
 
 class DomainStream(torch.utils.data.IterableDataset):

@@ -126,10 +126,29 @@ def load_domain_corpus(
 
 
 def _check_column(dataset: Dataset, column: str, field_name: str, source: str) -> None:
+    """`column` is a column of `dataset` (read from `source`) with a value in every row; a text column holds text.
+
+    Raises:
+        `ValueError`: naming the field, the source and (for missing values) how many rows and the first one.
+    """
     if column not in dataset.column_names:
         raise ValueError(
             f"{field_name}={column!r} is not a column of {source!r} (columns: {', '.join(dataset.column_names)}): "
             f"set {field_name} to one of them."
+        )
+    values = dataset.data.column(column)
+    if values.null_count:
+        first = pc.index(pc.is_null(values), True).as_py()
+        line = {".jsonl": f" (line {first + 1})", ".csv": f" (line {first + 2}, after the header)"}
+        where = line.get(os.path.splitext(source)[1], "")
+        raise ValueError(
+            f"{field_name}={column!r}: {values.null_count} of the {len(dataset)} rows of {source!r} have no value "
+            f"(null or missing), the first is row {first}{where}: fill or remove them."
+        )
+    if field_name == "text_column" and dataset.features[column].dtype not in ("string", "large_string"):
+        raise ValueError(
+            f"{field_name}={column!r} of {source!r} holds {dataset.features[column].dtype} values, not text: set "
+            f"{field_name} to the column with the texts."
         )
 
 

@@ -25,7 +25,7 @@ from ..alignment import attention_layer_pairs
 from ..config import DistillationConfig
 from ..ddk import DDKAttach, DDKCallback, DDKParts, DomainEvaluator, DomainWeightedSampler, TrainingDomains
 from ..ddk.data import DOMAIN_IDS
-from ..ddk.stream import StreamMixture
+from ..ddk.stream import StreamMixture, stream_state_mismatch
 from ..files import write_json_atomic
 from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
@@ -395,14 +395,8 @@ class DistillationTrainer(Trainer):
             self._data_seed(), self.accelerator.process_index, self.accelerator.num_processes, self._train_batch_size
         )
         resume = self._resuming_from
-        if resume is not None:
-            path = self._stream_state_path(resume)
-            if not os.path.isfile(path):
-                raise ValueError(
-                    f"resume_from_checkpoint={resume!r} has no {os.path.basename(path)}: it was not written by a "
-                    "run on a DomainStream with this many processes; resume from such a checkpoint or start over."
-                )
-            with open(path) as f:
+        if resume is not None:  # checked by `check_resume` when training started
+            with open(self._stream_state_path(resume)) as f:
                 mixture.load_process_state(json.load(f))
         return DataLoader(
             self.domains.stream,
@@ -433,11 +427,8 @@ class DistillationTrainer(Trainer):
             if resume_from_checkpoint is None:
                 where = f"output_dir={self.args.output_dir!r}"
                 raise ValueError(f"resume_from_checkpoint=True: {where} holds no complete checkpoint to resume from.")
-        elif isinstance(resume_from_checkpoint, str) and (problem := checkpoint_problem(resume_from_checkpoint)):
-            raise ValueError(
-                f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint: {problem}."
-            )
-        self._skipped_state = self._check_training_state(resume_from_checkpoint or None)
+        self.check_resume(resume_from_checkpoint or None)
+        self._skipped_state = self._check_training_state(resume_from_checkpoint or None, warn=True)
         self._prompts_checked = False
         if self.domains is None or self.domains.stream is None:
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
@@ -449,13 +440,46 @@ class DistillationTrainer(Trainer):
         finally:
             self.args.ignore_data_skip, self._resuming_from = skip, None
 
-    def _check_training_state(self, checkpoint: str | None) -> frozenset[str]:
+    def check_resume(self, checkpoint: str | None) -> None:
+        """
+        Check that this trainer can resume from `checkpoint` (nothing to check for `None`), before anything trains:
+        it is a complete checkpoint; its optimizer, scheduler and RNG files are there and readable (unless
+        `resume_without_training_state`); with a [`DomainStream`], its stream position was written by a run of as
+        many processes with the same `per_device_train_batch_size`. [`train`] runs it; a script may call it earlier
+        (the recipes do, before their first step).
+
+        Raises:
+            `ValueError`: one line naming the checkpoint, the file or setting, and the fix.
+        """
+        if checkpoint is None:
+            return
+        if problem := checkpoint_problem(checkpoint):
+            raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a complete checkpoint: {problem}.")
+        self._check_training_state(checkpoint)
+        if self.domains is None or self.domains.stream is None:
+            return
+        path = self._stream_state_path(checkpoint)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r} has no {os.path.basename(path)}: it was not written by a run "
+                "on a DomainStream with this many processes; resume from such a checkpoint or start over."
+            )
+        with open(path) as f:
+            state = json.load(f)
+        accelerator = self.accelerator
+        mismatch = stream_state_mismatch(
+            state, accelerator.process_index, accelerator.num_processes, self._train_batch_size
+        )
+        if mismatch:
+            raise ValueError(f"resume_from_checkpoint={checkpoint!r}: {mismatch}")
+
+    def _check_training_state(self, checkpoint: str | None, warn: bool = False) -> frozenset[str]:
         """The training-state files of `checkpoint` a resume cannot read ([`training_state_problems`]): refused
-        unless `resume_without_training_state`, then skipped with one warning."""
+        unless `resume_without_training_state`, then skipped (with one warning when `warn`)."""
         problems = training_state_problems(checkpoint, self.args.world_size) if checkpoint else {}
         if problems and not self.args.resume_without_training_state:
             raise ValueError(training_state_refusal(checkpoint, problems))
-        if problems:
+        if problems and warn:
             said = training_state_refusal(checkpoint, problems).split(". Resume from")[0]
             logger.warning(f"{said} (resume_without_training_state=True).")
         return frozenset(problems)
