@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
+from ..long_texts import encode_texts
 from .mixture import DomainMixture
 from .packing import DomainReader, Encode
 
@@ -157,7 +158,7 @@ class DomainStream(torch.utils.data.IterableDataset):
     def _encode(self, rows: list[dict[str, Any]]) -> list[list[int]]:
         if self.tokenizer is None:
             return [list(row["input_ids"]) for row in rows]
-        return self.tokenizer([row[self.text_column] for row in rows], add_special_tokens=False)["input_ids"]
+        return encode_texts(self.tokenizer, [row[self.text_column] for row in rows])
 
     def _part(self, source: IterableDataset | Dataset, rank: int, processes: int) -> IterableDataset:
         if isinstance(source, Dataset):

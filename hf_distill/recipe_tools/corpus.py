@@ -15,6 +15,7 @@ from datasets import Dataset, DatasetDict, Value, concatenate_datasets, load_dat
 
 from ..ddk.data import domain_ids, filter_rows, split_by_domain, with_domain
 from ..files import check_text_file, one_line
+from ..long_texts import encode_texts
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -250,13 +251,13 @@ def pack_texts(
     """
     if block_size < 2:
         raise ValueError(f"block_size={block_size} must be at least 2.")
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = np.array([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [], dtype=np.int64)
 
-    def blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
-        stream = [token for text in ids for token in (*text, *eos)]
-        cut = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
-        return {"input_ids": cut, "attention_mask": [[1] * block_size for _ in cut], "labels": [list(b) for b in cut]}
+    def blocks(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        ids = encode_texts(tokenizer, batch[text_column])
+        stream = np.concatenate([np.empty(0, np.int64)] + [a for text in ids for a in (np.array(text, np.int64), eos)])
+        cut = stream[: len(stream) // block_size * block_size].reshape(-1, block_size)  # the tail is dropped
+        return {"input_ids": cut, "attention_mask": np.ones_like(cut), "labels": cut.copy()}
 
     parts = split_by_domain(dataset, domain_column, num_proc) if domain_column is not None else {None: dataset}
     packed = []
