@@ -19,7 +19,10 @@ LEVELS = {name: getattr(logging, name.upper()) for name in ("debug", "info", "wa
 
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a record comes (it may be replaced after the handler is made), unless
-    the root logger has a handler of its own: the record reaches that one through propagation."""
+    the root logger has a handler of its own (the record reaches that one through propagation) and `always` is off:
+    the recipes print their progress lines on stderr in any case."""
+
+    always = False
 
     @property
     def stream(self) -> Any:
@@ -30,7 +33,7 @@ class StderrHandler(logging.StreamHandler):
         pass
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not logging.getLogger().handlers:
+        if self.always or not logging.getLogger().handlers:
             super().emit(record)
 
 
@@ -42,14 +45,16 @@ def default_level() -> int:
     return logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING
 
 
-def install_library_logger(level: int | None = None) -> logging.Logger:
+def install_library_logger(level: int | None = None, always: bool = False) -> logging.Logger:
     """Give the `hf_distill` logger its stderr handler (once) and a level: `level`, or the [`default_level`] when the
-    logger has none yet. Returns the logger."""
+    logger has none yet; with `always` the handler writes even when the root logger has handlers. Returns it."""
     package = logging.getLogger("hf_distill")
-    if not any(isinstance(handler, StderrHandler) for handler in package.handlers):
+    handler = next((h for h in package.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
         handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
+    handler.always = handler.always or always
     if level is not None:
         package.setLevel(level)
     elif package.level == logging.NOTSET:

@@ -30,7 +30,7 @@ from transformers import (
 from hf_distill import DistillationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo"
+DEMO = ROOT / "hf_distill" / "demo"
 RECIPE = ROOT / "recipes" / "ddk.py"
 # the environment of a recipe run in a subprocess: offline, CPU, one thread
 RECIPE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",

@@ -169,7 +169,8 @@ def test_the_architecture_page_maps_every_module_and_term():
     for term in hf_distill.registered_terms():
         assert f"| `{term.name}` | `{term.log_name}` | `{term.weight}` |" in page, term.name
     overrides = (
-        "_save", "_load_from_checkpoint", "_set_signature_columns_if_needed", "_get_train_sampler", "_save_rng_state"
+        "_save", "_load_from_checkpoint", "_set_signature_columns_if_needed", "_get_train_sampler", "_save_rng_state",
+        "_load_optimizer_and_scheduler", "_load_rng_state",
     )  # fmt: skip
     for method in overrides:
         assert method in vars(DistillationTrainer) and f"| `{method}` (override)" in page

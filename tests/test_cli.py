@@ -1,6 +1,7 @@
 """Recipe argument parsing: YAML config values are defaults, the command line overrides them; bad keys are errors;
 the shipped configs parse."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_missing_config_file_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "name, types",
     [
-        ("demo.yaml", (ddk.ScriptArguments, DistillationConfig)),
+        ("../../hf_distill/demo/demo.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("qwen2.5-1.5b-to-0.5b-ddk.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("ddk-paper-qwen1.5.yaml", (ddk.ScriptArguments, DistillationConfig)),
         ("smollm2-ddk.yaml", (ddk.ScriptArguments, DistillationConfig)),
@@ -92,6 +93,7 @@ def test_shipped_configs_parse_into_valid_arguments(name, types, tmp_path):
     config = str(ROOT / "recipes" / "configs" / name)
     script, args = parse_recipe_args(types, ["--config", config, "--output_dir", str(tmp_path), "--use_cpu", "true"])
     assert args.output_dir == str(tmp_path)
+    assert os.path.isfile(config)
     if name != "bert-dsg-kd.yaml":
         assert args.ddk_update_steps and args.domain_column and script.teacher_model and script.student_model
     else:

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_domain_corpus, pack_texts
 
-DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "hf_distill" / "demo"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import ddk  # noqa: E402
 
 DOMAINS = ("prose", "code", "arithmetic", "dna")
-TEXTS = {d: [json.loads(line)["text"] for line in (ROOT / "recipes/demo/corpus" / f"{d}.jsonl").open()][:60]
+TEXTS = {d: [json.loads(line)["text"] for line in (ROOT / "hf_distill/demo/corpus" / f"{d}.jsonl").open()][:60]
          for d in DOMAINS}  # fmt: skip
 
 

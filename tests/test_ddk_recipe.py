@@ -141,7 +141,7 @@ def test_push_to_hub_while_offline_is_one_line_before_anything_loads(capsys, tmp
 
 def test_yaml_key_that_is_not_a_field_is_one_line(capsys, tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("dataset_name: recipes/demo/corpus\nlearning_rat: 0.001\n")
+    config.write_text("dataset_name: hf_distill/demo/corpus\nlearning_rat: 0.001\n")
     line = _bad(capsys, tmp_path, "--config", str(config))
     assert "'learning_rat' is not a field" in line and str(config) in line
 

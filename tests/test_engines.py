@@ -102,7 +102,7 @@ def test_zero3_partitions_the_teacher_and_trains_the_student_with_its_projection
         for key in ["loss", "grad_norm", *ddk_weights(ranks[0])]:  # both processes log the same (not timings)
             assert logged(ranks[0], key) == logged(ranks[1], key), (engine, key)
     total = records(runs["zero3"].out)[0]["teacher"]["total"]
-    teacher = AutoModelForCausalLM.from_pretrained(ROOT / "recipes" / "demo" / "teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(ROOT / "hf_distill" / "demo" / "teacher")
     assert total == sum(p.numel() for p in teacher.parameters())
 
 
@@ -137,7 +137,7 @@ def test_zero3_saves_one_consolidated_student_equal_to_the_engines_gathered_para
     for name, value in gathered.items():
         assert torch.equal(saved[name], value), name
     stored = load_file(str(out / "model.safetensors"))  # the student alone: no teacher, no projections
-    fresh = AutoModelForCausalLM.from_pretrained(ROOT / "recipes" / "demo" / "student").state_dict()
+    fresh = AutoModelForCausalLM.from_pretrained(ROOT / "hf_distill" / "demo" / "student").state_dict()
     assert stored.keys() <= fresh.keys() and not (out / PROJECTOR_NAME).exists()
     # checkpoints also hold the projections (for resume), outside the student's weights
     assert (out / f"checkpoint-{SAVE}" / PROJECTOR_NAME).is_file()

@@ -66,7 +66,7 @@ def test_push_uploads_student_tokenizer_and_card_only(recorded, tmp_path, capsys
     card = ModelCard(files["README.md"].decode())
     assert {"distillation", "hf_distill"} <= set(card.data.tags)
     text = card.text
-    assert "Teacher:** `recipes/demo/teacher`" in text and "`gamma=1.0`" in text
+    assert "Teacher:** `hf_distill/demo/teacher`" in text and "`gamma=1.0`" in text
     assert "`alpha_ce=0.5`" in text and "`hidden_weight=1.0`" in text and "`ddk_update_steps=2`" in text
     assert "Layer map (student:teacher):** 1:2, 2:4" in text
     final = {d: values[-1] for d, values in summary["ddk_weights"].items()}

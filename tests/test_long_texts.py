@@ -14,7 +14,9 @@ from hf_distill.recipe_tools.corpus import pack_texts
 
 
 def _corpus(domain, joiner):
-    return joiner.join(json.loads(line)["text"] for line in (ROOT / "recipes/demo/corpus" / f"{domain}.jsonl").open())
+    return joiner.join(
+        json.loads(line)["text"] for line in (ROOT / "hf_distill/demo/corpus" / f"{domain}.jsonl").open()
+    )
 
 
 @pytest.fixture(scope="module")

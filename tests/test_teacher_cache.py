@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_distill import DistillationConfig, DistillationTrainer, TeacherCache, build_teacher_cache
 from hf_distill.losses import logit_distillation_loss, sparse_distillation_loss
 
-DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "hf_distill" / "demo"
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd"]
 
 

@@ -39,7 +39,7 @@ def show_progress() -> None:
     """Print hf_distill's info lines (e.g. each DDK update with its duration) on stderr, on the main process of each
     machine only; idempotent."""
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        install_library_logger(std_logging.INFO)
+        install_library_logger(std_logging.INFO, always=True)
 
 
 def load_or_refuse(load: Any, name: str, field: str, **kwargs: Any) -> Any:

@@ -28,7 +28,9 @@ from hf_distill.recipe_tools.corpus import pack_texts  # noqa: E402
 
 
 def text_of(domain: str, size: int) -> str:
-    lines = [json.loads(line)["text"] for line in open(os.path.join(ROOT, "recipes/demo/corpus", f"{domain}.jsonl"))]
+    lines = [
+        json.loads(line)["text"] for line in open(os.path.join(ROOT, "hf_distill/demo/corpus", f"{domain}.jsonl"))
+    ]
     base = (" " if domain == "prose" else "").join(lines)
     return (base * (size // len(base) + 1))[:size]
 
@@ -38,7 +40,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, nargs="+", default=[1, 10, 50])
     parser.add_argument("--whole", action="store_true", help="also time tokenizing each text in one piece")
     args = parser.parse_args()
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "recipes/demo/student"))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "hf_distill/demo/student"))
     print(f"{'text':<6} {'MB':>6} {'method':<8} {'seconds':>8} {'MB/s':>6} {'tokens':>11}")
     for domain in ("prose", "dna"):
         for mb in args.mb:

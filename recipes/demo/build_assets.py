@@ -90,7 +90,9 @@ def main() -> None:
     parser.add_argument("--teacher_steps", type=int, default=800)
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--vocab_size", type=int, default=384)
-    parser.add_argument("--output_dir", default=HERE)
+    parser.add_argument(
+        "--output_dir", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "hf_distill", "demo")
+    )
     parser.add_argument("--corpus_only", action="store_true", help="write the corpus files only (no models)")
     options = parser.parse_args()
 

@@ -5,7 +5,7 @@
 - `arithmetic`: lines of sums and products with their results,
 - `dna`: nucleotide sequences made of a few recurring motifs.
 
-Each text is one line of a JSON Lines file per domain (`recipes/demo/corpus/<domain>.jsonl`), which is exactly the
+Each text is one line of a JSON Lines file per domain (`hf_distill/demo/corpus/<domain>.jsonl`), which is exactly the
 "directory with one file per domain" layout that `recipes/ddk.py` reads.
 """
 

