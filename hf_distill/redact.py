@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Iterable
 
-__all__ = ["known_tokens", "redact"]
+__all__ = ["known_tokens", "redact", "redact_exception"]
 
 HIDDEN = "***"
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")  # an Authorization header's value
@@ -43,3 +43,21 @@ def known_tokens(*extra: str | None) -> list[str]:
     except Exception:  # noqa: BLE001 - an unreadable token file: nothing more to hide
         pass
     return [t for t in tokens if t]
+
+
+def redact_exception(error: BaseException, secrets: Iterable[str | None] = ()) -> BaseException:
+    """`error`, its cause and its context with every string argument [`redact`]ed in place (their type and other
+    attributes kept), so that a traceback printed from them shows no credential. Returns `error`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.args = tuple(redact(a, secrets) if isinstance(a, str) else a for a in current.args)
+        if hasattr(current, "server_message") and isinstance(current.server_message, str):
+            current.server_message = redact(current.server_message, secrets)
+        pending += [current.__cause__, current.__context__]
+    return error

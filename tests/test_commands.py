@@ -67,7 +67,8 @@ def test_cache_build_writes_the_library_cache_of_ddks_training_blocks_and_ddk_tr
 @pytest.mark.slow
 def test_a_wheel_installed_in_a_fresh_venv_runs_the_demo_from_an_empty_folder(tmp_path):
     """`pip wheel .`, a new venv (its dependencies: this environment's site-packages, offline), `pip install` of the
-    wheel, then `hf-distill ddk --max_steps 4` in an empty folder: the demo assets come from the installed package."""
+    wheel, then `hf-distill ddk --max_steps 4` in an empty folder (the demo assets come from the installed package),
+    and `accelerate launch -m hf_distill.cli ddk` there."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)  # fmt: skip
     wheel = next((tmp_path / "dist").glob("hf_distill-*.whl"))
@@ -92,3 +93,8 @@ def test_a_wheel_installed_in_a_fresh_venv_runs_the_demo_from_an_empty_folder(tm
     results = json.loads((out / "results.json").read_text())
     domains = sorted(p.stem for p in (DEMO / "corpus").iterdir())
     assert (out / "model.safetensors").is_file() and sorted(results["perplexity"]["student-after"]) == domains
+    launched = subprocess.run(["python", "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines",
+                               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_distill.cli", "ddk",
+                               "--max_steps", "2", "--plot", "false", "--output_dir", "launched"],
+                              cwd=empty, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert launched.returncode == 0 and (empty / "launched" / "model.safetensors").is_file(), launched.stderr[-3000:]

@@ -366,7 +366,7 @@ def test_a_bad_value_is_one_line_naming_the_field(capsys, tmp_path, field, where
         argv += [f"--{field}", value]
     else:
         config = tmp_path / "bad.yaml"
-        demo = (ROOT / "recipes" / "configs" / "demo.yaml").read_text().splitlines(keepends=True)
+        demo = (DEMO / "demo.yaml").read_text().splitlines(keepends=True)
         kept = "".join(line for line in demo if not line.startswith(f"{field}:"))  # a key given twice is refused
         config.write_text(kept + f"{field}: {value}\n")
         argv += ["--config", str(config)]

@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
     except (RecipeError, ValueError, FileExistsError) as error:
         fail(" ".join(str(error).split()), 2)
+    state = getattr(args, "distributed_state", None)
+    if state is not None and state.use_distributed:  # a clean teardown of the processes' group (see `release`)
+        state.wait_for_everyone()
+        state.destroy_process_group()
     if args.process_index == 0:
         print(
             f"Teacher cache of {len(data['train'])} training blocks (k={cache.k}, temperature={args.temperature}) "

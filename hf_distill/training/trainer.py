@@ -31,6 +31,7 @@ from ..losses import HiddenProjector
 from ..modeling import base_model, output_size
 from ..on_policy import STUDENT, OnPolicyBatches, draw_seed, gathered_for_generation
 from ..parallel import check_engine_saves, shards_parameters
+from ..redact import known_tokens, redact_exception
 from ..teacher_cache import TeacherCacheCollator
 from .checkpoints import (
     CHECKPOINT_FOLDER,
@@ -596,12 +597,18 @@ class DistillationTrainer(Trainer):
 
         Returns:
             `huggingface_hub.CommitInfo` on the main process, `None` on the others.
+
+        Raises:
+            The Hub's error, with credentials in its message (and its cause's) redacted ([`redact_exception`]).
         """
         token = token if token is not None else self._hub_token
-        if self.hub_model_id is None:
-            self.init_hf_repo(token=token, private=private)
-        return push_staged_student(
-            self.args.output_dir, lambda folder: self.save_model(folder, _internal_call=True),
-            self.is_world_process_zero(), lambda: self.model_card(**kwargs), self.hub_model_id, token,
-            commit_message or "End of training", revision or self.args.hub_revision,
-        )  # fmt: skip
+        try:
+            if self.hub_model_id is None:
+                self.init_hf_repo(token=token, private=private)
+            return push_staged_student(
+                self.args.output_dir, lambda folder: self.save_model(folder, _internal_call=True),
+                self.is_world_process_zero(), lambda: self.model_card(**kwargs), self.hub_model_id, token,
+                commit_message or "End of training", revision or self.args.hub_revision,
+            )  # fmt: skip
+        except Exception as error:  # a Hub or proxy error page may echo the request's Authorization header
+            raise redact_exception(error, known_tokens(token)) from error.__cause__
