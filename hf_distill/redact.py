@@ -49,8 +49,7 @@ def redact_exception(error: BaseException, secrets: Iterable[str | None] = ()) -
     """`error`, its cause and its context with every string argument [`redact`]ed in place (their type and other
     attributes kept), so that a traceback printed from them shows no credential. Returns `error`."""
     seen: set[int] = set()
-    current: BaseException | None = error
-    pending = [error]
+    pending: list[BaseException | None] = [error]
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:

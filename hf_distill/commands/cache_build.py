@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise RecipeError("cache_dir is not set: pass --cache_dir, a new folder for the teacher's outputs.")
         if script.streaming:
             raise RecipeError("--streaming true: the cache indexes the rows of a map-style training set; drop it.")
-        for name in ("teacher_model", "student_model", "dataset_name"):
-            if getattr(script, name) is None:
-                raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
-            setattr(script, name, ddk.packaged(getattr(script, name)))
+        ddk.resolve_paths(script)
         args.ddk_update_steps = None  # training from a cache keeps the mixture fixed: hold out as such a run does
         tokenizer = ddk.load_tokenizer(script)
         data = ddk.load_data(script, args, tokenizer)

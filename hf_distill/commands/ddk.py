@@ -133,6 +133,19 @@ SCRIPT_NUMBER_RULES = {
 }
 
 
+def resolve_paths(script: ScriptArguments) -> None:
+    """The models and the corpus must be set; relative paths missing here are taken from the installed package's
+    (the embedded demo's), see [`packaged`].
+
+    Raises:
+        [`RecipeError`]: naming the unset field.
+    """
+    for name in ("teacher_model", "student_model", "dataset_name"):
+        if getattr(script, name) is None:
+            raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
+        setattr(script, name, packaged(getattr(script, name)))
+
+
 def load_tokenizer(script: ScriptArguments) -> Any:
     """The student's tokenizer, which must also be the teacher's (one tokenization: logit KD and DDK need it)."""
     tokenizer = load_or_refuse(
@@ -195,10 +208,7 @@ def build(argv: list[str] | None = None) -> tuple[DistillationTrainer, ScriptArg
         script, args = parse_recipe_args((ScriptArguments, DistillationConfig), argv, DEFAULT_CONFIG)
     except ValueError as error:  # RecipeError, or a DistillationConfig / TrainingArguments check
         raise RecipeError(" ".join(str(error).split())) from error
-    for name in ("teacher_model", "student_model", "dataset_name"):
-        if getattr(script, name) is None:
-            raise RecipeError(f"{name} is not set: pass --{name} or set it in the --config YAML.")
-        setattr(script, name, packaged(getattr(script, name)))
+    resolve_paths(script)
     warn_command_line_token(argv)
     refuse_evaluation_during_training(args, "recipes/ddk.py")
     _check_block_size(script)

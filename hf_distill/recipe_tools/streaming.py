@@ -46,7 +46,7 @@ def stream_domain_sources(source: str, text_column: str = "text") -> dict[str, I
     Args:
         source (`str`): A directory with, per domain, a file `<domain>.jsonl|.json|.parquet|.csv` or a folder
             `<domain>/` of shards of one of those types (each shard is a unit that processes split among them).
-        text_column (`str`): The column holding the text (checked on each source's first example).
+        text_column (`str`): The column holding the text (checked on the first row of each shard).
 
     Returns:
         `dict[str, IterableDataset]`: the text column of each domain's examples, by domain name.
@@ -84,14 +84,6 @@ def stream_domain_sources(source: str, text_column: str = "text") -> dict[str, I
         for path in paths:  # each shard must be readable and start with a text (found now, not mid-training)
             _check_first_row(path, builder, text_column, f"Domain {name!r} of source={source!r}: shard {path!r}")
         stream = load_dataset(builder, data_files=paths, split="train", streaming=True)
-        first = next(iter(stream.take(1)), None)
-        if first is None:
-            raise ValueError(f"Domain {name!r} of source={source!r} has no rows ({', '.join(paths)}).")
-        if text_column not in first:
-            raise ValueError(
-                f"text_column={text_column!r} is not a column of domain {name!r} of source={source!r} (columns: "
-                f"{', '.join(first)}): set text_column to one of them."
-            )
         sources[name] = stream.select_columns([text_column])
         setattr(sources[name], FILES_ATTRIBUTE, (builder, paths))
     return sources
@@ -160,12 +152,13 @@ def _rows(stream: IterableDataset, name: str) -> Iterator[dict[str, Any]]:
 def _where(stream: IterableDataset, index: int) -> str:
     """Row `index` of a domain's stream, as the shard file and row in it when the stream's files are known."""
     builder, paths = getattr(stream, FILES_ATTRIBUTE, (None, []))
+    row = index
     for path in paths:
         rows = sum(1 for _ in load_dataset(builder, data_files=[path], split="train", streaming=True))
-        if index < rows:
-            line = f", line {index + 1}" if path.endswith(".jsonl") else ""
-            return f"row {index} of shard {path!r}{line}"
-        index -= rows
+        if row < rows:
+            line = f", line {row + 1}" if path.endswith(".jsonl") else ""
+            return f"row {row} of shard {path!r}{line}"
+        row -= rows
     return f"row {index} of its stream"
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "checkpoint_problem",
     "last_complete_checkpoint",
     "training_state_files",
+    "training_state_losses",
     "training_state_problems",
     "training_state_refusal",
 ]
@@ -108,16 +109,20 @@ def training_state_problems(path: str, world_size: int) -> dict[str, str]:
     return problems
 
 
+def training_state_losses(problems: dict[str, str]) -> str:
+    """Each of these [`training_state_problems`] and what a resume without the file loses, on one line."""
+    return "; ".join(
+        f"{name} is {why}, so the run would go on with {_LOST[name.split('_')[0].split('.')[0]]}"
+        for name, why in problems.items()
+    )
+
+
 def training_state_refusal(
     checkpoint: str, problems: dict[str, str], flag: str = "set resume_without_training_state=True"
 ) -> str:
     """One line refusing to resume from `checkpoint` with these [`training_state_problems`]: each file, why, what
     would be lost, and the two fixes (`flag` says how to go on without them)."""
-    said = "; ".join(
-        f"{name} is {why}, so the run would go on with {_LOST[name.split('_')[0].split('.')[0]]}"
-        for name, why in problems.items()
-    )
     return (
-        f"resume_from_checkpoint={checkpoint!r}: {said}. Resume from another checkpoint, or {flag} to go on "
-        "without it."
+        f"resume_from_checkpoint={checkpoint!r}: {training_state_losses(problems)}. Resume from another checkpoint, "
+        f"or {flag} to go on without it."
     )

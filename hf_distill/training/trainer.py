@@ -37,6 +37,7 @@ from .checkpoints import (
     CHECKPOINT_FOLDER,
     checkpoint_problem,
     last_complete_checkpoint,
+    training_state_losses,
     training_state_problems,
     training_state_refusal,
 )
@@ -428,8 +429,7 @@ class DistillationTrainer(Trainer):
             if resume_from_checkpoint is None:
                 where = f"output_dir={self.args.output_dir!r}"
                 raise ValueError(f"resume_from_checkpoint=True: {where} holds no complete checkpoint to resume from.")
-        self.check_resume(resume_from_checkpoint or None)
-        self._skipped_state = self._check_training_state(resume_from_checkpoint or None, warn=True)
+        self._skipped_state = self._resume_check(resume_from_checkpoint or None, warn=True)
         self._prompts_checked = False
         if self.domains is None or self.domains.stream is None:
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
@@ -452,13 +452,30 @@ class DistillationTrainer(Trainer):
         Raises:
             `ValueError`: one line naming the checkpoint, the file or setting, and the fix.
         """
+        self._resume_check(checkpoint)
+
+    def _resume_check(self, checkpoint: str | None, warn: bool = False) -> frozenset[str]:
+        """[`check_resume`]; returns the training-state files a resume goes on without (missing or unreadable, with
+        `resume_without_training_state`), said in one warning when `warn`."""
         if checkpoint is None:
-            return
+            return frozenset()
         if problem := checkpoint_problem(checkpoint):
             raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a complete checkpoint: {problem}.")
-        self._check_training_state(checkpoint)
-        if self.domains is None or self.domains.stream is None:
-            return
+        problems = training_state_problems(checkpoint, self.args.world_size)
+        if problems and not self.args.resume_without_training_state:
+            raise ValueError(training_state_refusal(checkpoint, problems))
+        if problems and warn:
+            logger.warning(
+                f"resume_from_checkpoint={checkpoint!r}: {training_state_losses(problems)} "
+                "(resume_without_training_state=True)."
+            )
+        if self.domains is not None and self.domains.stream is not None:
+            self._check_stream_state(checkpoint)
+        return frozenset(problems)
+
+    def _check_stream_state(self, checkpoint: str) -> None:
+        """This process's position in the `DomainStream` of `checkpoint` was written by a run of as many processes with
+        the same batch size."""
         path = self._stream_state_path(checkpoint)
         if not os.path.isfile(path):
             raise ValueError(
@@ -467,23 +484,9 @@ class DistillationTrainer(Trainer):
             )
         with open(path) as f:
             state = json.load(f)
-        accelerator = self.accelerator
-        mismatch = stream_state_mismatch(
-            state, accelerator.process_index, accelerator.num_processes, self._train_batch_size
-        )
-        if mismatch:
+        processes = (self.accelerator.process_index, self.accelerator.num_processes)
+        if mismatch := stream_state_mismatch(state, *processes, self._train_batch_size):
             raise ValueError(f"resume_from_checkpoint={checkpoint!r}: {mismatch}")
-
-    def _check_training_state(self, checkpoint: str | None, warn: bool = False) -> frozenset[str]:
-        """The training-state files of `checkpoint` a resume cannot read ([`training_state_problems`]): refused
-        unless `resume_without_training_state`, then skipped (with one warning when `warn`)."""
-        problems = training_state_problems(checkpoint, self.args.world_size) if checkpoint else {}
-        if problems and not self.args.resume_without_training_state:
-            raise ValueError(training_state_refusal(checkpoint, problems))
-        if problems and warn:
-            said = training_state_refusal(checkpoint, problems).split(". Resume from")[0]
-            logger.warning(f"{said} (resume_without_training_state=True).")
-        return frozenset(problems)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """As the Trainer's, but a resume that goes on without an unreadable optimizer or scheduler state file
