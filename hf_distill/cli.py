@@ -1,8 +1,9 @@
 """`hf-distill`: the command-line entry point (`hf-distill COMMAND [ARGS]`, `python -m hf_distill.cli COMMAND`,
 `accelerate launch -m hf_distill.cli COMMAND`).
 
-Commands: `ddk` (the main job; the embedded demo by default), `dsg-kd`, `on-policy`, `ablation` (the DDK ablation),
-`cache-build` (the teacher's outputs on the training blocks, once). `hf-distill COMMAND --help` lists its flags.
+Commands: `ddk` (the main job; the embedded demo by default), `dsg-kd`, `on-policy`, `cross-tokenizer`, `ablation`
+(the DDK ablation), `cache-build` (the teacher's outputs on the training blocks, once). `hf-distill COMMAND --help`
+lists its flags.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ COMMANDS = {
     "ddk": ("ddk", "DDK distillation: the main job (the embedded demo without --config)"),
     "dsg-kd": ("dsg_kd", "DSG-KD: a general student from a domain-specific teacher on another tokenizer"),
     "on-policy": ("on_policy", "on-policy distillation (GKD) on the student's own completions"),
+    "cross-tokenizer": ("cross_tokenizer", "a student on another tokenizer: span-aligned KD, DDK in bits per byte"),
     "ablation": ("ddk_ablation", "the DDK ablation: conditions x seeds, paired differences"),
     "cache-build": ("cache_build", "the teacher's top-k outputs on the training blocks, written once"),
 }
@@ -21,7 +23,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: hf-distill COMMAND [ARGS]   (hf-distill COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<12} {about}" for name, (_, about) in COMMANDS.items()]
+    lines += [f"  {name:<16} {about}" for name, (_, about) in COMMANDS.items()]
     return "\n".join(lines)
 
 

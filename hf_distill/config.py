@@ -14,10 +14,11 @@ from transformers.utils import logging
 from .alignment import parse_layer_map
 from .arg_checks import check_best_model, check_mappings, check_output_dir
 from .ddk.update import GAPS, parse_domain_weights
-from .losses import ATTENTION_LOSSES, CHUNK_KERNELS, DIVERGENCES, HIDDEN_LOSSES
+from .losses import ATTENTION_LOSSES, CHUNK_KERNELS, DIVERGENCES, HIDDEN_LOSSES, ULD_NORMALISATIONS
 from .parallel import cpu_processes_launched
 from .terms import LossTerm, active_terms, check_weights, registered_terms
 from .terms.registry import (
+    ALIGNMENT,
     ATTENTIONS,
     LABELS,
     LOGITS,
@@ -183,7 +184,32 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "Weight of the cross-tokenizer logit term (ULD: the L1 distance between the sorted next-token "
             "probabilities of student and teacher, each on its own tokenization of the same text); for a teacher "
-            "with another vocabulary; needs batches from CrossTokenizerCollator."
+            "with another vocabulary; needs batches from CrossTokenizerCollator, which pairs the positions by the "
+            "characters they predict (a BOS on one side does not shift them)."
+        },
+    )
+    uld_normalisation: str = field(
+        default="tokens",
+        metadata={
+            "help": "How uld_weight's term is averaged: 'tokens' (over every compared position of the batch) or "
+            "'texts' (per text, then over the texts: the ULD paper's code and TRL GOLD's ULDLoss)."
+        },
+    )
+    span_kd_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of span-aligned logit KD across tokenizers (TRL GOLD): per span of characters both "
+            "tokenizations cover, the divergence of the merged span probabilities (product of the token "
+            "probabilities) on the tokens whose strings both vocabularies hold; with one tokenizer, the token-level "
+            "KD. Needs batches from CrossTokenizerCollator."
+        },
+    )
+    span_uld_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of span-aligned ULD across tokenizers: sorted-probability L1 of the merged span "
+            "probabilities, on the tokens span_kd_weight's mapping leaves out when it is on (GOLD's hybrid), on "
+            "every token otherwise. Needs batches from CrossTokenizerCollator."
         },
     )
     lmbda: float = field(
@@ -319,6 +345,7 @@ class DistillationConfig(TrainingArguments):
         self._check_choice("logit_kernel", CHUNK_KERNELS)
         self._check_choice("empty_labels", EMPTY_LABELS)
         self._check_choice("ddk_gap", GAPS)
+        self._check_choice("uld_normalisation", ULD_NORMALISATIONS)
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(
                 f"DistillationConfig.jsd_beta={self.jsd_beta} must be strictly between 0 and 1; for the end points "
@@ -367,12 +394,19 @@ class DistillationConfig(TrainingArguments):
                 f"DistillationConfig: {setting} generates completions, which teacher_cache={self.teacher_cache!r} "
                 "(the teacher's outputs on fixed inputs) cannot score: use a live teacher, or lmbda=0, seq_kd=False."
             )
-        if any(TEACHER_INPUTS in t.needs for t in terms):
+        unaligned = self._unaligned_readers()
+        if unaligned:
+            raise ValueError(
+                f"DistillationConfig: {setting} with {format_weights(unaligned, self)}: the teacher would need its "
+                "own word alignment of each generated completion, which is not supported; set lmbda=0 and "
+                "seq_kd=False, or those weights to 0."
+            )
+        if self.seq_kd and any(TEACHER_INPUTS in t.needs for t in terms):
             readers = [t for t in terms if TEACHER_INPUTS in t.needs]
             raise ValueError(
-                f"DistillationConfig: {setting} with {format_weights(readers, self)}: the teacher would need its own "
-                "tokenization of each generated completion, which is not supported; set lmbda=0 and seq_kd=False, "
-                "or those weights to 0."
+                f"DistillationConfig: seq_kd=True with {format_weights(readers, self)}: the teacher would generate in "
+                "its own vocabulary, which the student cannot train on; set seq_kd=False (lmbda > 0 works: the "
+                "teacher re-tokenizes the student's completions)."
             )
         if not any(LOGITS in t.needs and TEACHER in t.needs for t in terms):
             readers = weight_names(
@@ -410,11 +444,13 @@ class DistillationConfig(TrainingArguments):
             )
 
     def _check_ddk(self) -> None:
-        if self.ddk_update_steps is not None and self.dsg_kd:
+        unaligned = self._unaligned_readers()
+        if self.ddk_update_steps is not None and unaligned:
             raise ValueError(
-                f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} with a teacher that reads its own "
-                "tokenization (DSG-KD / cross-tokenizer terms): DDK measures the teacher's cross-entropy on the "
-                "student's tokens, which it cannot read; set ddk_update_steps=None."
+                f"DistillationConfig.ddk_update_steps={self.ddk_update_steps} with {format_weights(unaligned, self)}: "
+                "their teacher reads its own tokenization without the alignment DDK measures it on (DSG-KD's word "
+                "terms); set ddk_update_steps=None (the cross-tokenizer terms uld_weight / span_kd_weight / "
+                "span_uld_weight work with DDK, in bits per byte)."
             )
         if self.ddk_update_steps is not None and 0 < self.max_steps < self.ddk_update_steps:
             logger.warning(
@@ -478,6 +514,10 @@ class DistillationConfig(TrainingArguments):
             if hasattr(self, term.weight) and (term.log_name not in weights or term.is_on(self)):
                 weights[term.log_name] = getattr(self, term.weight)
         return weights
+
+    def _unaligned_readers(self) -> list[LossTerm]:
+        """The terms that are on whose teacher reads its own tokenization without the character alignment."""
+        return [t for t in active_terms(self) if TEACHER_INPUTS in t.needs and ALIGNMENT not in t.needs]
 
     def _needs(self, *needs: str) -> bool:
         return needs_any(active_terms(self), *needs)

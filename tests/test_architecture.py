@@ -94,15 +94,20 @@ def test_a_weight_that_is_not_a_finite_number_is_refused(tmp_path, value):
 
 def test_the_builtin_terms_are_declared_once_each():
     terms = {t.name: t for t in hf_distill.registered_terms()}
-    assert list(terms) == ["ce", "kd", "cached_kd", "uld", "hidden", "attention", "word_hidden", "word_attention"]
+    assert list(terms) == ["ce", "kd", "cached_kd", "uld", "uld_texts", "span_kd", "span_uld", "hidden", "attention",
+                           "word_hidden", "word_attention"]  # fmt: skip
     weights = {name: t.weight for name, t in terms.items()}
     assert weights == {"ce": "alpha_ce", "kd": "gamma", "cached_kd": "gamma", "uld": "uld_weight",
+                       "uld_texts": "uld_weight", "span_kd": "span_kd_weight", "span_uld": "span_uld_weight",
                        "hidden": "hidden_weight", "attention": "attention_weight", "word_hidden": "word_hidden_weight",
                        "word_attention": "word_attention_weight"}  # fmt: skip
     config = make_config(Path("/tmp"), hidden_weight=1.0)
     assert [t.name for t in config.loss_terms] == ["ce", "kd", "hidden"]
-    assert config.loss_weights == {"loss_ce": 1.0, "loss_kd": 1.0, "loss_uld": 0.0, "loss_hidden": 1.0,
-                                   "loss_attn": 0.0, "loss_word_hidden": 0.0, "loss_word_attn": 0.0}  # fmt: skip
+    assert config.loss_weights == {"loss_ce": 1.0, "loss_kd": 1.0, "loss_uld": 0.0, "loss_span_kd": 0.0,
+                                   "loss_span_uld": 0.0, "loss_hidden": 1.0, "loss_attn": 0.0,
+                                   "loss_word_hidden": 0.0, "loss_word_attn": 0.0}  # fmt: skip
+    texts = make_config(Path("/tmp"), gamma=0.0, uld_weight=1.0, uld_normalisation="texts")
+    assert [t.name for t in texts.loss_terms] == ["ce", "uld_texts"]
 
 
 # ---- composition, not inheritance ---------------------------------------------------------------------------------

@@ -30,12 +30,14 @@ def _corpus(folder, texts=24):
 def test_no_command_lists_the_commands_and_an_unknown_one_is_one_line(capsys):
     cli.main([])
     listed = capsys.readouterr().out
-    assert all(f"  {name} " in listed for name in ("ddk", "dsg-kd", "on-policy", "ablation", "cache-build"))
+    assert all(
+        f"  {name} " in listed for name in ("ddk", "dsg-kd", "on-policy", "cross-tokenizer", "ablation", "cache-build")
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["dkk"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown command 'dkk': choose one of ddk, dsg-kd, on-policy, ablation, cache-build."
+        "error: unknown command 'dkk': choose one of ddk, dsg-kd, on-policy, cross-tokenizer, ablation, cache-build."
     )
 
 

@@ -151,7 +151,7 @@ def test_a_gpt2_style_student_learns_from_a_llama_teacher_with_another_vocabular
 
 
 def test_uld_is_normalised_over_the_aligned_positions(tmp_path, pair):
-    """The logged loss_uld of a batch is its ULD sum divided by sum over rows of min(n_S, n_T)."""
+    """The logged loss_uld of a batch is its ULD sum divided by the number of aligned pairs."""
     trainer = _uld_trainer(tmp_path, pair)
     batch = trainer.data_collator([{"text": t} for t in pair[0][:4]])
     trainer.model.eval()
@@ -161,10 +161,10 @@ def test_uld_is_normalised_over_the_aligned_positions(tmp_path, pair):
         t = trainer.teacher(
             input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
         ).logits
-    s_mask, t_mask = batch["labels"][:, 1:] != -100, batch["teacher_labels"][:, 1:] != -100
+    s_mask, t_mask = batch["uld_student_mask"], batch["uld_teacher_mask"]  # paired by characters
+    assert (s_mask.sum(1) == t_mask.sum(1)).all()
     total = _hand_uld(s[:, :-1], t[:, :-1], s_mask, t_mask, 1.0)
-    count = torch.minimum(s_mask.sum(1), t_mask.sum(1)).sum().item()
-    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    assert loss.item() == pytest.approx(total / s_mask.sum().item(), rel=1e-5)
 
 
 def test_vocabulary_mismatch_error_points_to_the_cross_tokenizer_term(tmp_path, pair):
@@ -188,5 +188,9 @@ def test_uld_without_the_collator_and_with_token_terms_are_clear_errors(tmp_path
         ValueError, match=r"uld_weight=1.0 .* turn on DSG-KD / cross-tokenizer terms.*set gamma=0 \(now 1.0\)"
     ):
         DistillationConfig(output_dir=str(tmp_path), uld_weight=1.0, gamma=1.0)
-    with pytest.raises(ValueError, match=r"lmbda=0.5.*uld_weight=1.0.*own tokenization"):
-        DistillationConfig(output_dir=str(tmp_path), uld_weight=1.0, gamma=0.0, lmbda=0.5)
+    with pytest.raises(ValueError, match=r"seq_kd=True with uld_weight=1.0: the teacher would generate in its own"):
+        DistillationConfig(output_dir=str(tmp_path), uld_weight=1.0, gamma=0.0, lmbda=0.5, seq_kd=True)
+    with pytest.raises(ValueError, match=r"uld_normalisation='sentences'.*'tokens', 'texts'"):
+        DistillationConfig(output_dir=str(tmp_path), uld_weight=1.0, gamma=0.0, uld_normalisation="sentences")
+    with pytest.raises(ValueError, match=r"ddk_update_steps=5 with word_hidden_weight=1.0.*DSG-KD"):
+        DistillationConfig(output_dir=str(tmp_path), word_hidden_weight=1.0, gamma=0.0, ddk_update_steps=5)

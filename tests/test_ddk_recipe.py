@@ -169,9 +169,9 @@ def _counted_run(monkeypatch, argv):
         captured["trainer"], script, captured["data"] = build(argv)
         return captured["trainer"], script, captured["data"]
 
-    def count(self, model, batches, names):
+    def count(self, model, batches, names, teacher=False):
         calls.append((model, sum(len(b) for b in batches)))
-        return block_losses(self, model, batches, names)
+        return block_losses(self, model, batches, names, teacher)
 
     monkeypatch.setattr(ddk, "build", capture)
     monkeypatch.setattr(DomainEvaluator, "block_losses", count)

@@ -134,9 +134,9 @@ def test_no_update_is_computed_at_the_last_step(tmp_path, monkeypatch, max_steps
     calls = []
     original = DomainEvaluator.block_losses
 
-    def counted(self, model, batches, names):
+    def counted(self, model, batches, names, teacher=False):
         calls.append(model)
-        return original(self, model, batches, names)
+        return original(self, model, batches, names, teacher)
 
     monkeypatch.setattr(DomainEvaluator, "block_losses", counted)
     trainer = small_ddk_trainer(tmp_path, max_steps=max_steps, ddk_update_steps=4)

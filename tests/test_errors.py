@@ -18,7 +18,9 @@ def _trainer(args, student=None, teacher="default", **kwargs):
 
 def test_missing_teacher(config_factory):
     with pytest.raises(
-        ValueError, match=r"teacher_model is missing.*set every teacher term \(gamma, uld_weight, hidden_weight"
+        ValueError,
+        match=r"teacher_model is missing.*set every teacher term \(gamma, uld_weight, span_kd_weight, "
+        r"span_uld_weight, hidden_weight",
     ):
         _trainer(config_factory(), teacher=None)
 

@@ -1,5 +1,6 @@
-"""The `hf-distill` commands (`ddk`, `dsg-kd`, `on-policy`, `ablation`, `cache-build`): the recipes as importable
-modules, each with a `main(argv)`. `recipes/*.py` are thin scripts over them; `hf_distill.cli` dispatches."""
+"""The `hf-distill` commands (`ddk`, `dsg-kd`, `on-policy`, `cross-tokenizer`, `ablation`, `cache-build`): the
+recipes as importable modules, each with a `main(argv)`. `recipes/*.py` are thin scripts over them;
+`hf_distill.cli` dispatches."""
 
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,7 +38,7 @@ from hf_distill import (
     NonFiniteError,
     PromptCompletionCollator,
 )
-from hf_distill.ddk.data import domain_ids, filter_rows, split_by_domain
+from hf_distill.ddk.data import split_by_domain
 from hf_distill.recipe_tools.cli import (
     RecipeError,
     load_or_refuse,
@@ -48,7 +47,13 @@ from hf_distill.recipe_tools.cli import (
     warn_command_line_token,
     with_cpu_processes,
 )
-from hf_distill.recipe_tools.corpus import deduplicate, hold_out, load_data_files, load_domain_corpus
+from hf_distill.recipe_tools.corpus import (
+    deduplicate,
+    first_per_domain,
+    hold_out,
+    load_data_files,
+    load_domain_corpus,
+)
 from hf_distill.recipe_tools.publish import fail, save_then_push
 from hf_distill.recipe_tools.resume import resume_point
 from hf_distill.validation import NumberRule, check_numbers
@@ -123,10 +128,8 @@ def load_examples(script: OnPolicyArguments, seed: int) -> tuple[dict[str, Datas
         corpus = corpus.add_column("domain", ["all"] * len(corpus))
     else:
         raise RecipeError(f"--dataset {path!r} does not exist: give a corpus directory or a prompt/completion file")
-    if script.examples_per_domain is not None:  # the first examples of each domain
-        names, ids = domain_ids(corpus, "domain")
-        rows = [np.flatnonzero(ids == i)[: script.examples_per_domain] for i in range(len(names))]
-        corpus = filter_rows(corpus, np.concatenate(rows))
+    if script.examples_per_domain is not None:
+        corpus = first_per_domain(corpus, script.examples_per_domain)
     try:
         train, held = hold_out(corpus, script.validation_size, seed=seed)
     except ValueError as error:

@@ -156,7 +156,10 @@ class DDKCallback(TrainerCallback, ExportableState):
             logs[f"ddk/ppl_T/{name}"] = math.exp(min(self.teacher_losses[i], 700.0))
             logs[f"ddk/ratio/{name}"] = ratios[i]
             logs[f"ddk/ratio_se/{name}"] = errors[i]
-            logs[f"ddk/tokens/{name}"] = student[i].tokens
+            logs[f"ddk/{student[i].unit}/{name}"] = student[i].tokens
+            if student[i].unit == "bytes":  # a teacher on its own tokenization: l_S, l_T are nats per byte
+                logs[f"ddk/bpb_S/{name}"] = student_losses[i] / math.log(2)
+                logs[f"ddk/bpb_T/{name}"] = self.teacher_losses[i] / math.log(2)
             logs[f"ddk/weight/{name}"] = weights[i]
         logs = {key: value for key, value in logs.items() if math.isfinite(value)}  # no error with a single block
         logs["ddk/seconds"] = time.perf_counter() - start
@@ -210,14 +213,14 @@ class DDKCallback(TrainerCallback, ExportableState):
         """Mean token cross-entropy of `model` on each domain's validation blocks, over all processes."""
         return [estimate.mean for estimate in self.domain_estimates(model)]
 
-    def domain_estimates(self, model: torch.nn.Module) -> list[DomainEstimate]:
+    def domain_estimates(self, model: torch.nn.Module, teacher: bool = False) -> list[DomainEstimate]:
         """`model`'s token cross-entropy on each domain's validation blocks, block by block, over all processes (the
         blocks are collated once: [`DomainEvaluator.collate`] with `ddk_eval_tokens` and `ddk_eval_batches`)."""
         domains, evaluator = self.parts.domains, self.parts.evaluator
         if self._batches is None:
             datasets = {name: domains.validation[name] for name in domains.names}
             self._batches = evaluator.collate(datasets, self.parts.eval_batches, self.parts.eval_tokens)
-        estimates = evaluator.block_losses(model, self._batches, domains.names)
+        estimates = evaluator.block_losses(model, self._batches, domains.names, teacher)
         self._warn_if_short(domains.names, estimates)
         return estimates
 
@@ -226,7 +229,7 @@ class DDKCallback(TrainerCallback, ExportableState):
         uses `teacher_losses`, which a checkpoint of an earlier release holds without the blocks; their blocks are
         then measured once, for the standard errors."""
         if self.teacher_blocks is None:
-            estimates = self.domain_estimates(self.parts.teacher)
+            estimates = self.domain_estimates(self.parts.teacher, teacher=True)
             self.teacher_blocks = [[list(e.sums), list(e.counts)] for e in estimates]
             if self.teacher_losses is None:
                 self.teacher_losses = [e.mean for e in estimates]
@@ -235,7 +238,8 @@ class DDKCallback(TrainerCallback, ExportableState):
     def _warn_if_short(self, names: list[str], estimates: list[DomainEstimate]) -> None:
         """Once per run: domains whose held-out data has fewer label tokens than `ddk_eval_tokens`."""
         wanted = self.parts.eval_tokens
-        short = [(n, e.tokens) for n, e in zip(names, estimates, strict=True) if wanted and e.tokens < wanted]
+        short = [(n, e.tokens) for n, e in zip(names, estimates, strict=True)
+                 if wanted and e.unit == "tokens" and e.tokens < wanted]  # fmt: skip
         if short and "short" not in self._warned and self.parts.eval_batches is None:
             self._warned.add("short")
             listed = ", ".join(f"{name} {tokens}" for name, tokens in short)

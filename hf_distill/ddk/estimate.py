@@ -46,11 +46,14 @@ class DomainEstimate:
 
     Args:
         sums (`tuple[float, ...]`): Summed token cross-entropy of each block, in the evaluation's block order.
-        counts (`tuple[int, ...]`): Label tokens of each block.
+        counts (`tuple[int, ...]`): Label tokens of each block (`unit="bytes"`: the UTF-8 bytes of its aligned spans,
+            when the teacher reads another tokenization: the mean is then in nats per byte).
+        unit (`str`): What `counts` count: `"tokens"` or `"bytes"`.
     """
 
     sums: tuple[float, ...]
     counts: tuple[int, ...]
+    unit: str = "tokens"
 
     @property
     def tokens(self) -> int:
@@ -58,7 +61,7 @@ class DomainEstimate:
 
     @property
     def mean(self) -> float:
-        """The mean token cross-entropy (`log` of the perplexity)."""
+        """The mean token cross-entropy (`log` of the perplexity; per byte with `unit="bytes"`)."""
         return float(np.sum(np.asarray(self.sums, dtype=np.float64)) / self.tokens)
 
     @property

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate.utils import send_to_device
 from datasets import Dataset
 
+from ..batch_keys import ALIGNMENT_KEYS, MATCHED_VOCAB, TEACHER_PREFIX
 from ..losses import cross_entropy_loss
 from ..on_policy.collator import PROMPT_KEYS
 from ..parallel import shards_parameters
@@ -156,14 +158,19 @@ class DomainEvaluator:
         return [batch] * count
 
     @torch.inference_mode()
-    def row_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def row_cross_entropy(
+        self, model: torch.nn.Module, batch: dict[str, Any], teacher: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed token cross-entropy of `model` on each row of one batch (on this process's device), and each row's
-        label tokens."""
-        counts = self.label_counts(batch)
+        label tokens; on [`CrossTokenizerCollator`] batches, over the aligned spans, and each row's span bytes
+        ([`span_cross_entropy`]; `teacher`: `model` reads the `teacher_` inputs)."""
         inputs = dict(batch)
         labels = inputs.pop("labels")
         for key in (DOMAIN_IDS, *PROMPT_KEYS):  # domain ids, prompts of prompt/completion data
             inputs.pop(key, None)
+        if "span_rows" in inputs:
+            return self.span_cross_entropy(model, inputs, labels, teacher)
+        counts = self.label_counts(batch)
         with self.autocast():
             logits = model(**inputs).logits
         if self.task == "causal_lm":
@@ -172,16 +179,47 @@ class DomainEvaluator:
         sums = torch.stack([cross_entropy_loss(logits[i], labels[i], self.chunk_size) for i in range(len(labels))])
         return sums, counts
 
+    def span_cross_entropy(
+        self, model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor, teacher: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Across tokenizers, DDK compares bits per byte: the summed cross-entropy (nats) of one side's tokens inside the
+        spans both tokenizations cover ([`align_row`]), and the UTF-8 bytes of those spans, per row: the same bytes for
+        student and teacher, so `sum / bytes` of each is comparable (divided by `ln 2`: bits per byte). A BOS on one
+        side or a different split does not change which characters count.
+        """
+        side = TEACHER_PREFIX if teacher else ""
+        if teacher:
+            labels = inputs["teacher_labels"]
+            model_inputs = {
+                k[len(side) :]: v for k, v in inputs.items() if k.startswith(side) and k != "teacher_labels"
+            }
+        else:
+            model_inputs = {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)
+                            and k not in (*ALIGNMENT_KEYS, MATCHED_VOCAB)}  # fmt: skip
+        with self.autocast():
+            logits = model(**model_inputs).logits[:, :-1]
+        spans, rows = inputs[f"span_{'teacher' if teacher else 'student'}"], inputs["span_rows"]
+        keep = spans >= 0
+        nll = F.cross_entropy(logits[keep].float(), labels[:, 1:][keep], reduction="none").double()
+        row_of = keep.nonzero(as_tuple=True)[0]
+        sums = torch.zeros(len(labels), dtype=torch.float64, device=logits.device).index_add(0, row_of, nll)
+        counts = torch.zeros(len(labels), dtype=torch.long, device=logits.device)
+        return sums, counts.index_add(0, rows.to(counts.device), inputs["span_bytes"].to(counts.device))
+
     def token_cross_entropy(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed token cross-entropy of `model` on one batch (on this process's device), and its label tokens."""
         sums, counts = self.row_cross_entropy(model, batch)
         return sums.sum(), counts.sum()
 
     @torch.inference_mode()
-    def block_losses(self, model: torch.nn.Module, batches: Batches, names: list[str]) -> list[DomainEstimate]:
+    def block_losses(
+        self, model: torch.nn.Module, batches: Batches, names: list[str], teacher: bool = False
+    ) -> list[DomainEstimate]:
         """
         The token cross-entropy of `model` on each selected block of each domain ([`collate`]), gathered from all
-        processes in the blocks' order (blocks without a label token left out).
+        processes in the blocks' order (blocks without a label token left out); per byte on cross-tokenizer batches
+        (`teacher`: `model` is the teacher, which reads its own `teacher_` inputs there).
         """
         device, width = self.accelerator.device, max((domain.selected for domain in batches), default=0)
         sums = torch.zeros(len(batches), width, 2, dtype=torch.float64, device=device)
@@ -189,7 +227,7 @@ class DomainEvaluator:
         model.eval()
         for i, domain in enumerate(batches):
             for k, batch in enumerate(domain.batches):
-                loss, count = self.row_cross_entropy(model, send_to_device(batch, device))
+                loss, count = self.row_cross_entropy(model, send_to_device(batch, device), teacher)
                 if k < len(domain.blocks):  # fillers count nothing
                     positions = torch.tensor(domain.blocks[k], device=device)
                     sums[i, positions, 0] = loss.double()
@@ -197,6 +235,7 @@ class DomainEvaluator:
         model.train(was_training)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
+        unit = "bytes" if any("span_rows" in b for domain in batches for b in domain.batches) else "tokens"
         estimates = []
         for i, (name, domain) in enumerate(zip(names, batches, strict=True)):
             values = sums[i, : domain.selected].cpu()
@@ -204,21 +243,29 @@ class DomainEvaluator:
             if not kept.any():
                 raise ValueError(f"The evaluation data of domain {name!r} has no label tokens: fix its labels.")
             estimates.append(
-                DomainEstimate(tuple(values[kept, 0].tolist()), tuple(int(c) for c in values[kept, 1].tolist()))
+                DomainEstimate(tuple(values[kept, 0].tolist()), tuple(int(c) for c in values[kept, 1].tolist()), unit)
             )
         return estimates
 
-    def batch_losses(self, model: torch.nn.Module, batches: Batches, names: list[str]) -> list[float]:
+    def batch_losses(
+        self, model: torch.nn.Module, batches: Batches, names: list[str], teacher: bool = False
+    ) -> list[float]:
         """Mean token cross-entropy of `model` on each domain's batches ([`collate`]), over all processes."""
-        return [estimate.mean for estimate in self.block_losses(model, batches, names)]
+        return [estimate.mean for estimate in self.block_losses(model, batches, names, teacher)]
 
     def evaluate(
-        self, model: torch.nn.Module, datasets: Mapping[str, Dataset] | None = None, max_batches: int | None = None
+        self,
+        model: torch.nn.Module,
+        datasets: Mapping[str, Dataset] | None = None,
+        max_batches: int | None = None,
+        teacher: bool = False,
     ) -> dict[str, float]:
-        """Mean token cross-entropy of `model` on each domain (`datasets`, or the validation sets)."""
+        """Mean token cross-entropy of `model` on each domain (`datasets`, or the validation sets); `teacher`: `model`
+        reads the `teacher_` inputs of cross-tokenizer batches."""
         if datasets is None:
             if self.validation is None:
                 raise ValueError("evaluate_domains needs `datasets` (no DDK validation sets to default to).")
             datasets = self.validation
         names = list(datasets)
-        return dict(zip(names, self.batch_losses(model, self.collate(datasets, max_batches), names), strict=True))
+        losses = self.batch_losses(model, self.collate(datasets, max_batches), names, teacher)
+        return dict(zip(names, losses, strict=True))

@@ -13,8 +13,9 @@ from .logits import (
     logprob_divergence,
     token_divergence,
 )
+from .spans import matched_columns, span_kd_loss, span_log_probs, span_uld_loss
 from .sparse import sparse_distillation_loss
-from .uld import aligned_positions, uld_loss
+from .uld import ULD_NORMALISATIONS, aligned_positions, sorted_probability_distance, uld_loss
 
 __all__ = [
     "ATTENTION_LOSSES",
@@ -36,7 +37,13 @@ __all__ = [
     "logprob_divergence",
     "pool_word_states",
     "sparse_distillation_loss",
+    "matched_columns",
+    "sorted_probability_distance",
+    "span_kd_loss",
+    "span_log_probs",
+    "span_uld_loss",
     "token_divergence",
+    "ULD_NORMALISATIONS",
     "uld_loss",
     "word_attention_maps",
 ]

@@ -30,13 +30,26 @@ def aligned_positions(student_mask: torch.Tensor, teacher_mask: torch.Tensor) ->
     )
 
 
-def _sorted_probability_distance(x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`sum_rows || sort(p_S) - sort(p_T) ||_1`, the shorter vocabulary padded with zero probabilities."""
-    p = F.softmax(x.float() / temperature, dim=-1).sort(dim=-1, descending=True).values
-    q = F.softmax(y.float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+ULD_NORMALISATIONS = ("tokens", "texts")
+
+
+def sorted_probability_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per row, `|| sort(p) - sort(q) ||_1` of two probability vectors (`(N, V_S)`, `(N, V_T)`), the shorter padded
+    with zeros: ULD's closed form of the Wasserstein distance, which needs no token correspondence."""
+    p, q = p.sort(dim=-1, descending=True).values, q.sort(dim=-1, descending=True).values
     width = max(p.shape[-1], q.shape[-1])
     p, q = F.pad(p, (0, width - p.shape[-1])), F.pad(q, (0, width - q.shape[-1]))
-    return (p - q).abs().sum()
+    return (p - q).abs().sum(-1)
+
+
+def _sorted_probability_distance(
+    x: torch.Tensor, y: torch.Tensor, temperature: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`sum_rows w_row || sort(p_S) - sort(p_T) ||_1` of the tempered softmaxes (`w = 1` without `weights`)."""
+    rows = sorted_probability_distance(
+        F.softmax(x.float() / temperature, dim=-1), F.softmax(y.float() / temperature, dim=-1)
+    )
+    return (rows * weights).sum() if weights is not None else rows.sum()
 
 
 def uld_loss(
@@ -46,6 +59,7 @@ def uld_loss(
     teacher_mask: torch.Tensor,
     temperature: float = 1.0,
     chunk_size: int = 256,
+    normalisation: str = "tokens",
 ) -> torch.Tensor:
     r"""
     Summed ULD distance between student and teacher next-token distributions over different vocabularies.
@@ -62,14 +76,23 @@ def uld_loss(
         teacher_mask (`torch.Tensor` of shape `(B, T_T)`): The teacher's label positions.
         temperature (`float`): Softmax temperature of both (no `T^2` factor, as in the paper).
         chunk_size (`int`): Positions per chunk.
+        normalisation (`str`): `"tokens"`: the sum over the compared positions; `"texts"`: the sum over rows of each
+            row's mean over its compared positions (the paper's code and TRL GOLD's `ULDLoss` average per text, then
+            over texts: divide by the rows that compare anything).
 
     Returns:
-        `torch.Tensor`: scalar, the distance summed over the compared positions.
+        `torch.Tensor`: scalar, the distance summed over the compared positions (or the rows' means, summed).
     """
+    if normalisation not in ULD_NORMALISATIONS:
+        raise ValueError(f"uld_loss: normalisation={normalisation!r}; choose one of {ULD_NORMALISATIONS}.")
     student_keep, teacher_keep = aligned_positions(student_mask, teacher_mask)
     student, teacher = student_logits[student_keep], teacher_logits.detach()[teacher_keep]
+    others = [teacher]
+    if normalisation == "texts":
+        per_row = student_keep.sum(1, keepdim=True).expand_as(student_keep)[student_keep]
+        others.append(1.0 / per_row.clamp_min(1).float())
 
-    def chunk_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _sorted_probability_distance(x, y, temperature)
+    def chunk_distance(x: torch.Tensor, y: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        return _sorted_probability_distance(x, y, temperature, weights[0] if weights else None)
 
-    return _chunked_sum(chunk_distance, student, teacher, chunk_size=chunk_size)
+    return _chunked_sum(chunk_distance, student, *others, chunk_size=chunk_size)

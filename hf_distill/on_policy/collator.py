@@ -9,7 +9,8 @@ import torch
 PROMPT_KEYS = ("prompts", "prompt_attention_mask")  # the generation inputs: read by on-policy batches, never the model
 
 
-def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Rows of ids padded with `value` to the longest (on the left with `left`), as one `(B, T)` tensor."""
     width = max(1, max(len(r) for r in rows))
     return torch.tensor([([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows])
 
@@ -131,9 +132,9 @@ class PromptCompletionCollator:
         labels = [[-100] * len(p) + c for p, c in encoded]
         prompts = [p for p, _ in encoded]
         return {
-            "input_ids": _pad(sequences, pad),
-            "attention_mask": _pad([[1] * len(s) for s in sequences], 0),
-            "labels": _pad(labels, -100),
-            "prompts": _pad(prompts, pad, left=True),
-            "prompt_attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True),
+            "input_ids": pad_rows(sequences, pad),
+            "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0),
+            "labels": pad_rows(labels, -100),
+            "prompts": pad_rows(prompts, pad, left=True),
+            "prompt_attention_mask": pad_rows([[1] * len(p) for p in prompts], 0, left=True),
         }

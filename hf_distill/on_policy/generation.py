@@ -4,9 +4,11 @@ otherwise (with `seq_kd`) by the teacher's; the logit terms are then taken on th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 from transformers import GenerationConfig
 
@@ -85,15 +87,20 @@ class OnPolicyBatches:
         args (`DistillationConfig`): `lmbda`, `seq_kd`, `max_new_tokens`, `generation_temperature` (0: greedy),
             `generation_top_k`, `generation_top_p`, `seed`, `gradient_checkpointing`.
         tokenizer (`PreTrainedTokenizerBase`): Gives the pad and EOS tokens.
+        retokenize (`Callable`, *optional*): Adds the teacher's own tokenization of a generated batch (cross-tokenizer
+            terms: [`CrossTokenizerCollator.for_generated`], which replaces the collated batch's teacher keys and
+            alignment).
     """
 
-    def __init__(self, args: Any, tokenizer: Any):
+    def __init__(
+        self, args: Any, tokenizer: Any, retokenize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ):
         if tokenizer is None or tokenizer.pad_token_id is None:
             raise ValueError(
                 f"lmbda={args.lmbda} / seq_kd={args.seq_kd}: generating completions needs the student's tokenizer "
                 "with a pad token as `processing_class` (e.g. tokenizer.pad_token = tokenizer.eos_token)."
             )
-        self.args, self.tokenizer = args, tokenizer
+        self.args, self.tokenizer, self.retokenize = args, tokenizer, retokenize
 
     @staticmethod
     def enabled(args: Any) -> bool:
@@ -161,4 +168,7 @@ class OnPolicyBatches:
         eos = [eos] if isinstance(eos, int) else eos
         generated, lengths = completion_batch(sequences, prompt_mask, eos, self.tokenizer.pad_token_id)
         rest = {k: v for k, v in batch.items() if k not in (*PROMPT_KEYS, *generated)}
-        return {**generated, **rest}, lengths
+        batch = {**generated, **rest}
+        if self.retokenize is not None:
+            batch = send_to_device(self.retokenize(batch), prompts.device)
+        return batch, lengths

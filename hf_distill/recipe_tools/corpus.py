@@ -187,6 +187,12 @@ def deduplicate(dataset: Dataset, text_column: str = "text", num_proc: int | Non
     return filter_rows(dataset, repeats, exclude=True, num_proc=num_proc, desc="remove duplicates"), len(repeats)
 
 
+def first_per_domain(dataset: Dataset, count: int, domain_column: str = "domain") -> Dataset:
+    """The first `count` examples of each domain, in dataset order."""
+    names, ids = domain_ids(dataset, domain_column)
+    return filter_rows(dataset, np.concatenate([np.flatnonzero(ids == i)[:count] for i in range(len(names))]))
+
+
 def hold_out(
     dataset: Dataset, size: int, domain_column: str = "domain", seed: int = 0, num_proc: int | None = None
 ) -> tuple[Dataset, dict[str, Dataset]]:

@@ -13,13 +13,20 @@ from ..losses import (
     cross_entropy_loss,
     hidden_state_loss,
     logit_distillation_loss,
+    matched_columns,
+    span_kd_loss,
+    span_log_probs,
+    span_uld_loss,
     sparse_distillation_loss,
     uld_loss,
 )
 from ..teacher_cache import CACHE_KEYS
 from .inputs import TermInputs, label_mask
 from .registry import (
+    ALIGNED_SPANS,
+    ALIGNED_TEXTS,
     ALIGNED_TOKENS,
+    ALIGNMENT,
     ATTENDED_TOKENS,
     ATTENTIONS,
     DOMAIN_WORDS,
@@ -78,19 +85,73 @@ def cached_logit_kd(x: TermInputs) -> torch.Tensor | None:
     )  # fmt: skip
 
 
+def _needs_cross_tokenizer_batches(x: TermInputs, weight: str, keys: tuple[str, ...]) -> None:
+    missing = [key for key in keys if key not in x.batch]
+    if missing:
+        raise ValueError(
+            f"{weight}={getattr(x.args, weight)} needs batches from CrossTokenizerCollator (the teacher's own "
+            f"teacher_input_ids, teacher_attention_mask, teacher_labels and the alignment; missing {missing}): use it "
+            "as data_collator."
+        )
+
+
 def cross_tokenizer_kd(x: TermInputs) -> torch.Tensor:
     """ULD: summed L1 distance between the sorted next-token probabilities of student and teacher, each on its own
-    tokenization of the text, the `k`-th label position of one paired with the `k`-th of the other."""
-    teacher_labels = x.batch.get("teacher_labels")
-    if teacher_labels is None:
-        raise ValueError(
-            f"uld_weight={x.args.uld_weight} needs batches from CrossTokenizerCollator (the teacher's own "
-            "teacher_input_ids, teacher_attention_mask, teacher_labels): use it as data_collator."
-        )
+    tokenization of the text, paired by characters (the collator's `uld_student_mask` / `uld_teacher_mask`: the
+    `k`-th predicted text token after the first character both predict, on each side); batches of a collator of
+    one's own with `teacher_labels` only pair the `k`-th label positions."""
+    _needs_cross_tokenizer_batches(x, "uld_weight", ("teacher_labels",))
+    if "uld_student_mask" in x.batch:
+        masks = x.batch["uld_student_mask"], x.batch["uld_teacher_mask"]
+    else:
+        masks = x.label_mask, label_mask(x.batch["teacher_labels"], x.task)
     return uld_loss(
-        x.aligned(x.student.logits), x.aligned(x.teacher.logits), x.label_mask, label_mask(teacher_labels, x.task),
-        x.args.temperature, x.args.logit_chunk_size,
+        x.aligned(x.student.logits), x.aligned(x.teacher.logits), *masks, x.args.temperature,
+        x.args.logit_chunk_size, x.args.uld_normalisation,
     )  # fmt: skip
+
+
+SPAN_KEYS = ("teacher_labels", "span_student", "span_teacher", "span_rows", "matched_vocab")
+
+
+def _merged(x: TermInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides' merged span log-probabilities ([`span_log_probs`]), computed once per batch."""
+    if "spans" not in x.cache:
+        count, temperature = len(x.batch["span_rows"]), x.args.temperature
+        student = span_log_probs(x.aligned(x.student.logits), x.batch["span_student"], x.shifted_labels.clamp_min(0),
+                                 count, temperature)  # fmt: skip
+        teacher_targets = x.batch["teacher_labels"][:, 1:].clamp_min(0)
+        with torch.no_grad():
+            teacher = span_log_probs(x.aligned(x.teacher.logits), x.batch["span_teacher"], teacher_targets, count,
+                                     temperature)  # fmt: skip
+        x.cache["spans"] = (student, teacher)
+    return x.cache["spans"]
+
+
+def _span_columns(x: TermInputs, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return matched_columns(x.batch["matched_vocab"].to(student.device), student.shape[-1], teacher.shape[-1])
+
+
+def span_kd(x: TermInputs) -> torch.Tensor:
+    """Span-aligned KD: `T^2 * D` between the merged span probabilities of teacher and student on the tokens both
+    vocabularies hold (exact-match mapping)."""
+    _needs_cross_tokenizer_batches(x, "span_kd_weight", SPAN_KEYS)
+    student, teacher = _merged(x)
+    s_cols, t_cols, _, _ = _span_columns(x, student, teacher)
+    args = x.args
+    return span_kd_loss(student, teacher, s_cols, t_cols, args.divergence, args.temperature, args.jsd_beta)
+
+
+def span_uld(x: TermInputs) -> torch.Tensor:
+    """Span-aligned ULD: sorted-probability L1 of the merged span probabilities, on the tokens the exact-match mapping
+    leaves out when `span_kd_weight > 0` (TRL GOLD's hybrid), on every token otherwise."""
+    _needs_cross_tokenizer_batches(x, "span_uld_weight", SPAN_KEYS)
+    student, teacher = _merged(x)
+    s_cols, t_cols, s_rest, t_rest = _span_columns(x, student, teacher)
+    if x.args.span_kd_weight > 0:
+        return span_uld_loss(student, teacher, s_rest, t_rest)
+    every = [torch.arange(m.shape[-1], device=m.device) for m in (student, teacher)]
+    return span_uld_loss(student, teacher, *every)
 
 
 # ---- hidden states and attention maps ------------------------------------------------------------------------------
@@ -172,7 +233,16 @@ def _cached_teacher(args) -> bool:
     return args.teacher_cache is not None
 
 
+def _per_token(args) -> bool:
+    return args.uld_normalisation != "texts"
+
+
+def _per_text(args) -> bool:
+    return args.uld_normalisation == "texts"
+
+
 _LOGIT_SETTINGS = ("temperature", "divergence")
+_CROSS_TOKENIZER = {LABELS, LOGITS, TEACHER, TEACHER_INPUTS, ALIGNMENT}
 BUILTIN_TERMS = (
     LossTerm("ce", "loss_ce", "alpha_ce", LABEL_TOKENS, {LABELS, LOGITS}, task_cross_entropy,
              description="cross-entropy of the student against the labels"),
@@ -181,9 +251,18 @@ BUILTIN_TERMS = (
     LossTerm("cached_kd", "loss_kd", "gamma", LABEL_TOKENS, {LABELS, LOGITS, TEACHER_CACHE}, cached_logit_kd,
              when=_cached_teacher, settings=_LOGIT_SETTINGS,
              description="logit KD against the teacher's cached top-k log-probabilities (tail bucket)"),
-    LossTerm("uld", "loss_uld", "uld_weight", ALIGNED_TOKENS, {LABELS, LOGITS, TEACHER, TEACHER_INPUTS},
-             cross_tokenizer_kd, settings=("temperature",),
+    LossTerm("uld", "loss_uld", "uld_weight", ALIGNED_TOKENS, _CROSS_TOKENIZER, cross_tokenizer_kd,
+             when=_per_token, settings=("temperature", "uld_normalisation"),
              description="ULD: L1 distance of the sorted next-token probabilities, across tokenizers"),
+    LossTerm("uld_texts", "loss_uld", "uld_weight", ALIGNED_TEXTS, _CROSS_TOKENIZER, cross_tokenizer_kd,
+             when=_per_text, settings=("temperature", "uld_normalisation"),
+             description="ULD averaged per text, then over texts (the paper's code, TRL GOLD)"),
+    LossTerm("span_kd", "loss_span_kd", "span_kd_weight", ALIGNED_SPANS, _CROSS_TOKENIZER, span_kd,
+             settings=_LOGIT_SETTINGS,
+             description="span-aligned KD: divergence of the merged span probabilities on the shared tokens"),
+    LossTerm("span_uld", "loss_span_uld", "span_uld_weight", ALIGNED_SPANS, _CROSS_TOKENIZER, span_uld,
+             settings=("temperature",),
+             description="span-aligned ULD: sorted-probability L1 of the merged span probabilities"),
     LossTerm("hidden", "loss_hidden", "hidden_weight", ATTENDED_TOKENS,
              {TEACHER, HIDDEN_STATES, LAYER_MAP, PROJECTIONS}, hidden_states, settings=("hidden_loss",),
              description="hidden-state distance at the mapped layers, through learned projections"),

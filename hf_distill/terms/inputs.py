@@ -30,6 +30,7 @@ class TermInputs:
         logit_sums (`Callable`, *optional*): Returns `{"ce": sum, "kd": sum}` when the trainer computes CE and logit
             KD together, in one pass per chunk of tokens (from the logits, or fused from the hidden states and heads);
             computed once per batch, with the gradient of the loss's weighted combination of the two.
+        cache (`dict`): Values several terms share, computed by the first that needs them (tensors only).
     """
 
     args: Any
@@ -42,6 +43,7 @@ class TermInputs:
     layer_pairs: list[tuple[int, int]] = field(default_factory=list)
     attention_pairs: list[tuple[int, int]] = field(default_factory=list)
     logit_sums: Callable[[], dict[str, torch.Tensor]] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fused_logits(self) -> Callable[[], dict[str, torch.Tensor]] | None:

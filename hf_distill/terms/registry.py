@@ -24,7 +24,9 @@ ATTENDED_TOKENS = "attended_tokens"  # attention_mask == 1 (student tokenization
 DOMAIN_WORDS = "domain_words"  # DSG-KD domain words (word_mask)
 # cross-tokenizer: per row, min(student label positions, teacher label positions) (`teacher_labels`)
 ALIGNED_TOKENS = "aligned_tokens"
-NORMALISERS = (LABEL_TOKENS, ATTENDED_TOKENS, DOMAIN_WORDS, ALIGNED_TOKENS)
+ALIGNED_TEXTS = "aligned_texts"  # cross-tokenizer: rows with at least one aligned position
+ALIGNED_SPANS = "aligned_spans"  # cross-tokenizer: character spans both tokenizations cover (`span_rows`)
+NORMALISERS = (LABEL_TOKENS, ATTENDED_TOKENS, DOMAIN_WORDS, ALIGNED_TOKENS, ALIGNED_TEXTS, ALIGNED_SPANS)
 
 # What a term needs.
 LABELS = "labels"  # a `labels` column in every batch
@@ -32,11 +34,15 @@ LOGITS = "logits"  # the student's output head (a headless or head-skipping forw
 TEACHER = "teacher"  # the live teacher's outputs
 TEACHER_CACHE = "teacher_cache"  # the teacher's cached top-k log-probabilities (`teacher_cache`)
 TEACHER_INPUTS = "teacher_inputs"  # the teacher reads its own tokenization (`teacher_*` keys, DSG-KD word pools)
+ALIGNMENT = "alignment"  # CrossTokenizerCollator's character alignment of the two tokenizations (DDK, on-policy work)
 HIDDEN_STATES = "hidden_states"  # `output_hidden_states=True`
 ATTENTIONS = "attentions"  # `output_attentions=True` (eager attention on both models)
 LAYER_MAP = "layer_map"  # student -> teacher layer pairs (`layer_map`)
 PROJECTIONS = "projections"  # learned student-width -> teacher-width projections, trained inside the student module
-NEEDS = (LABELS, LOGITS, TEACHER, TEACHER_CACHE, TEACHER_INPUTS, HIDDEN_STATES, ATTENTIONS, LAYER_MAP, PROJECTIONS)
+NEEDS = (
+    LABELS, LOGITS, TEACHER, TEACHER_CACHE, TEACHER_INPUTS, ALIGNMENT, HIDDEN_STATES, ATTENTIONS, LAYER_MAP,
+    PROJECTIONS,
+)  # fmt: skip
 
 
 def _weight_is_on(args: Any, term: LossTerm) -> bool:
@@ -54,9 +60,10 @@ class LossTerm:
             only if they are never on together (live and cached logit KD).
         weight (`str`): The `DistillationConfig` field holding its weight (a subclass of the config may add fields
             for its own terms). The term is on when the weight is > 0 and `when(args)` holds.
-        normaliser (`str`): One of `"label_tokens"`, `"attended_tokens"`, `"domain_words"`, `"aligned_tokens"`.
+        normaliser (`str`): One of `"label_tokens"`, `"attended_tokens"`, `"domain_words"`, `"aligned_tokens"`,
+            `"aligned_texts"`, `"aligned_spans"`.
         needs (`frozenset[str]`): What it reads: any of `"labels"`, `"logits"`, `"teacher"`, `"teacher_cache"`,
-            `"teacher_inputs"`, `"hidden_states"`, `"attentions"`, `"layer_map"`, `"projections"`.
+            `"teacher_inputs"`, `"alignment"`, `"hidden_states"`, `"attentions"`, `"layer_map"`, `"projections"`.
         compute (`Callable[[TermInputs], torch.Tensor | None]`): Returns the un-normalised float32 sum over the batch
             (`None` when the batch has nothing for the term, e.g. no cached teacher outputs: neither added nor
             logged).

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..batch_keys import ALIGNMENT_KEYS, MATCHED_VOCAB, TEACHER_PREFIX
 from ..config import DistillationConfig
-from ..cross_tokenizer import TEACHER_PREFIX
 from ..losses import OutputHead, fused_logit_terms, logit_terms
 from ..on_policy import PROMPT_KEYS
 from ..teacher_cache import CACHE_KEYS
@@ -24,7 +24,10 @@ from .teacher import FUSED_TERMS, TeacherSetup
 # logit_loss="auto" fuses a batch when tokens x vocab reaches this (512 MiB of float32 logits per model)
 FUSED_AUTO_MIN_LOGITS = 2**27
 # batch keys the models never read: the collators' extras, consumed by the terms
-_TERM_KEYS = ("word_pool", "teacher_word_pool", "word_mask", "teacher_labels", *CACHE_KEYS, *PROMPT_KEYS)
+_TERM_KEYS = (
+    "word_pool", "teacher_word_pool", "word_mask", "teacher_labels", MATCHED_VOCAB, *ALIGNMENT_KEYS, *CACHE_KEYS,
+    *PROMPT_KEYS,
+)  # fmt: skip
 
 
 def check_head(head: OutputHead, outputs: Any, role: str) -> None:
@@ -90,19 +93,25 @@ class TermComputer:
     # ---- counts ----------------------------------------------------------------------------------------------
 
     def counts(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The normalisers of one batch: label tokens, attended tokens, domain words and aligned label tokens."""
+        """The normalisers of one batch: label tokens, attended tokens, domain words, and the cross-tokenizer aligned
+        positions, texts and spans."""
         mask = attended(batch)
         labels, words, teacher_labels = batch.get("labels"), batch.get("word_mask"), batch.get("teacher_labels")
         zero = mask.new_zeros(())
         labelled = label_mask(labels, self.task).sum(-1) if labels is not None else None
-        aligned = zero
-        if labelled is not None and teacher_labels is not None:
-            aligned = torch.minimum(labelled, label_mask(teacher_labels, self.task).sum(-1)).sum()
+        per_row = None
+        if "uld_student_mask" in batch:  # CrossTokenizerCollator's character alignment
+            per_row = batch["uld_student_mask"].sum(-1)
+        elif labelled is not None and teacher_labels is not None:  # a collator of one's own: k-th with k-th
+            per_row = torch.minimum(labelled, label_mask(teacher_labels, self.task).sum(-1))
+        spans = batch.get("span_rows")
         return {
             registry.LABEL_TOKENS: labelled.sum() if labelled is not None else zero,
             registry.ATTENDED_TOKENS: mask.sum(),
             registry.DOMAIN_WORDS: words.sum() if words is not None else zero,
-            registry.ALIGNED_TOKENS: aligned,
+            registry.ALIGNED_TOKENS: per_row.sum() if per_row is not None else zero,
+            registry.ALIGNED_TEXTS: per_row.gt(0).sum() if per_row is not None else zero,
+            registry.ALIGNED_SPANS: mask.new_tensor(len(spans)) if spans is not None else zero,
         }
 
     def count_batches(self, batches: list[dict[str, Any]], accelerator: Any) -> dict[str, torch.Tensor] | None:

@@ -23,6 +23,7 @@ from transformers.utils import find_labels, logging
 
 from ..alignment import attention_layer_pairs
 from ..config import DistillationConfig
+from ..cross_tokenizer.collator import find_cross_tokenizer_collator, warn_if_one_vocabulary
 from ..ddk import DDKAttach, DDKCallback, DDKParts, DomainEvaluator, DomainWeightedSampler, TrainingDomains
 from ..ddk.data import DOMAIN_IDS
 from ..ddk.stream import StreamMixture, stream_state_mismatch
@@ -128,7 +129,8 @@ class DistillationTrainer(Trainer):
         )
         student, self.task = load_student(model, args, peft_config)
         tokenizer = kwargs.get("processing_class")
-        self.on_policy = self._on_policy(args, tokenizer or getattr(kwargs.get("data_collator"), "tokenizer", None))
+        self.on_policy = self._on_policy(args, tokenizer, kwargs.get("data_collator"))
+        warn_if_one_vocabulary(args, kwargs.get("data_collator"))
         self.teacher_setup = TeacherSetup.build(teacher_model, student, args, self.task, tokenizer)
         if self.teacher_setup.cache is not None and train_dataset is not None:
             train_dataset = self.teacher_setup.cache.attach(train_dataset)
@@ -152,8 +154,10 @@ class DistillationTrainer(Trainer):
             self.data_collator = TeacherCacheCollator(self.data_collator, self.teacher_setup.cache)
         self._attach_domains(args)
 
-    def _on_policy(self, args: DistillationConfig, tokenizer: Any) -> OnPolicyBatches | None:
-        """The generator of on-policy / seq_kd batches (`lmbda > 0` or `seq_kd`), for causal LMs."""
+    def _on_policy(self, args: DistillationConfig, tokenizer: Any, collator: Any) -> OnPolicyBatches | None:
+        """The generator of on-policy / seq_kd batches (`lmbda > 0` or `seq_kd`), for causal LMs; with the
+        cross-tokenizer terms, the teacher re-tokenizes each generated batch through the collator's
+        `for_generated`."""
         if not OnPolicyBatches.enabled(args):
             return None
         if self.task != "causal_lm":
@@ -161,7 +165,17 @@ class DistillationTrainer(Trainer):
                 f"DistillationConfig.lmbda={args.lmbda} / seq_kd={args.seq_kd} generate completions, which needs a "
                 f"causal LM student (the task is {self.task}): set lmbda=0 and seq_kd=False."
             )
-        return OnPolicyBatches(args, tokenizer)
+        retokenize = None
+        if args.dsg_kd:  # only the aligned cross-tokenizer terms pass the config's checks with on-policy batches
+            cross = find_cross_tokenizer_collator(collator)
+            if cross is None:
+                raise ValueError(
+                    f"DistillationConfig.lmbda={args.lmbda} with cross-tokenizer terms: the teacher re-tokenizes each "
+                    "generated completion, which needs CrossTokenizerCollator (prompt / completion columns) as "
+                    "data_collator."
+                )
+            retokenize = cross.for_generated
+        return OnPolicyBatches(args, tokenizer or getattr(collator, "tokenizer", None), retokenize)
 
     @staticmethod
     def _adjust_args(args: DistillationConfig) -> None:
@@ -256,9 +270,14 @@ class DistillationTrainer(Trainer):
         """
         Mean token cross-entropy of `model` (the student by default, or the teacher) on each domain's held-out data
         (`exp` of it is the perplexity), over all processes; `datasets` (domain -> tokenized data with labels)
-        default to the DDK validation sets, `max_batches` (per process and domain) to all. See [`DomainEvaluator`].
+        default to the DDK validation sets, `max_batches` (per process and domain) to all. With
+        [`CrossTokenizerCollator`] batches: nats per byte of the spans both tokenizations cover (the teacher reads its
+        own). See [`DomainEvaluator`].
         """
-        return self.domain_evaluator.evaluate(self.model if model is None else model, datasets, max_batches)
+        teacher = self.teacher is not None and any(
+            model is m for m in (self.teacher, self.accelerator.unwrap_model(self.teacher))
+        )
+        return self.domain_evaluator.evaluate(self.model if model is None else model, datasets, max_batches, teacher)
 
     # ---- Trainer hooks: the loss -------------------------------------------------------------------------------
 

@@ -59,10 +59,10 @@ def run(
         finally:
             spent[0] += time.perf_counter() - start
 
-    def timed_estimates(self, model):
+    def timed_estimates(self, model, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return domain_estimates(self, model)
+            return domain_estimates(self, model, *args, **kwargs)
         finally:
             if model is self.parts.teacher:
                 teacher[0] += time.perf_counter() - start
